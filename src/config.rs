@@ -1,0 +1,225 @@
+//! The registries config: parsing, validation, and live reload from a ConfigMap mount.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use crate::image::ImageRef;
+use crate::metrics::Metrics;
+use crate::rules::{Rule, RuleError, RuleWarning};
+use crate::watch::FileWatch;
+
+/// A validated config: the rules in file order.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    rules: Vec<Rule>,
+    /// Distinct secret names, in order of first appearance.
+    secrets: Vec<String>,
+}
+
+/// A config that cannot be used, with the place and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a valid config: {0}")]
+    Syntax(String),
+    #[error("rule {index} (match {source_match:?}): {error}")]
+    Rule {
+        /// 1-based position in `registries`.
+        index: usize,
+        source_match: String,
+        error: RuleError,
+    },
+}
+
+/// A warning about one rule, with its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub index: usize,
+    pub source_match: String,
+    pub warning: RuleWarning,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rule {} (match {:?}): {}",
+            self.index, self.source_match, self.warning
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    registries: Option<Vec<RuleSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    #[serde(rename = "match")]
+    match_: String,
+    secret: String,
+}
+
+impl Config {
+    /// Parses a config from YAML (JSON is YAML too). Returns the warnings beside it.
+    pub fn from_yaml(text: &str) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
+        // An empty file is an empty config, not a YAML error.
+        let file: ConfigFile = if text.trim().is_empty() {
+            ConfigFile { registries: None }
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(one_line(&e)))?
+        };
+        let specs = file.registries.unwrap_or_default();
+        let mut rules = Vec::with_capacity(specs.len());
+        let mut warnings = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let mut rule_warnings = Vec::new();
+            let rule = Rule::new(&spec.match_, &spec.secret, &mut rule_warnings).map_err(
+                |error| ConfigError::Rule {
+                    index: i + 1,
+                    source_match: spec.match_.clone(),
+                    error,
+                },
+            )?;
+            warnings.extend(rule_warnings.into_iter().map(|warning| ConfigWarning {
+                index: i + 1,
+                source_match: spec.match_.clone(),
+                warning,
+            }));
+            rules.push(rule);
+        }
+        if rules.is_empty() {
+            warnings.push(ConfigWarning {
+                index: 0,
+                source_match: String::new(),
+                warning: RuleWarning("`registries` is empty: no Pod will be changed".to_owned()),
+            });
+        }
+        let mut secrets: Vec<String> = Vec::new();
+        for rule in &rules {
+            if !secrets.iter().any(|s| s == rule.secret()) {
+                secrets.push(rule.secret().to_owned());
+            }
+        }
+        Ok((Self { rules, secrets }, warnings))
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Every secret the config can inject, each once, in config order.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// Marks in `hits` (one flag per rule) the rules that match `image`.
+    pub fn mark_matches(&self, image: &ImageRef<'_>, hits: &mut [bool]) {
+        for (rule, hit) in self.rules.iter().zip(hits.iter_mut()) {
+            if !*hit && rule.matches(image) {
+                *hit = true;
+            }
+        }
+    }
+
+    /// The secrets of the rules flagged in `hits`, in config order, each once.
+    pub fn secrets_of<'c>(&'c self, hits: &[bool]) -> Vec<&'c str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (rule, _) in self.rules.iter().zip(hits).filter(|(_, hit)| **hit) {
+            if !out.contains(&rule.secret()) {
+                out.push(rule.secret());
+            }
+        }
+        out
+    }
+
+    /// The secrets `images` need, in config order, each once.
+    pub fn secrets_for<'c, 'i>(&'c self, images: impl IntoIterator<Item = &'i ImageRef<'i>>) -> Vec<&'c str> {
+        let mut hits = vec![false; self.rules.len()];
+        for image in images {
+            self.mark_matches(image, &mut hits);
+        }
+        self.secrets_of(&hits)
+    }
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The config in force, swapped atomically on reload; readers never wait.
+#[derive(Debug)]
+pub struct ConfigStore {
+    current: ArcSwap<Config>,
+}
+
+impl ConfigStore {
+    pub fn new(config: Config) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(config),
+        }
+    }
+
+    pub fn load(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, config: Config) {
+        self.current.store(Arc::new(config));
+    }
+
+    /// Re-reads `path` whenever it (or the ConfigMap's `..data` link beside it) changes. A
+    /// config that fails to load is logged and counted; the last good one stays in force.
+    pub async fn watch(self: Arc<Self>, path: PathBuf, metrics: Arc<Metrics>, poll: Duration) {
+        let mut watch = match FileWatch::new(std::slice::from_ref(&path), poll) {
+            Ok(w) => w,
+            Err(error) => {
+                tracing::error!(%error, path = %path.display(), "cannot watch the config file; reloads are off");
+                return;
+            }
+        };
+        let mut last = std::fs::read(&path).ok();
+        while watch.changed().await {
+            let bytes = std::fs::read(&path).ok();
+            if bytes == last {
+                continue;
+            }
+            last = bytes;
+            match Config::load(&path) {
+                Ok((config, warnings)) => {
+                    for w in &warnings {
+                        tracing::warn!(warning = %w, "config warning");
+                    }
+                    tracing::info!(rules = config.rules().len(), path = %path.display(), "config reloaded");
+                    self.store(config);
+                    metrics.config_reload(true);
+                }
+                Err(error) => {
+                    tracing::error!(%error, path = %path.display(), "config reload failed; keeping the last good config");
+                    metrics.config_reload(false);
+                }
+            }
+        }
+    }
+}

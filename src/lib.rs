@@ -1,0 +1,20 @@
+//! pullsecret-injector: a Kubernetes mutating admission webhook that adds the right
+//! `imagePullSecrets` to Pods, and a sync that keeps those Secrets present in every opted-in
+//! namespace. See `DESIGN.md` in the docs for the contract.
+
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod image;
+pub mod logging;
+pub mod metrics;
+pub mod names;
+pub mod rules;
+pub mod secret;
+pub mod serve;
+pub mod server;
+pub mod sync;
+pub mod tls;
+pub mod watch;

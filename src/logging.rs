@@ -1,0 +1,26 @@
+//! Log setup: text for people, JSON for log pipelines, filtered by `--log-level`.
+//!
+//! Nothing that reaches a log may hold secret data: credentials are never formatted, and the
+//! Secret types the sync handles are logged by name only.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{LogArgs, LogFormat};
+
+pub fn init(args: &LogArgs) {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|error| {
+        eprintln!(
+            "warning: bad --log-level {:?} ({error}); using info",
+            args.log_level
+        );
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,18 @@
+//! Names users see: labels, annotations, field manager. They are the public interface.
+
+/// Namespace label that opts a namespace in (webhook `namespaceSelector` and the sync).
+pub const INJECT_LABEL: &str = "pullsecret-injector.io/inject";
+/// Value of [`INJECT_LABEL`] that opts in.
+pub const INJECT_LABEL_VALUE: &str = "enabled";
+/// Pod annotation that opts a Pod out.
+pub const SKIP_ANNOTATION: &str = "pullsecret-injector.io/skip";
+/// Annotation the webhook adds to a Pod it changed: the secrets it added, comma-separated.
+pub const INJECTED_ANNOTATION: &str = "pullsecret-injector.io/injected";
+/// Annotation the kubelet puts on mirror pods (static pods' API objects).
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// Label on every Secret copy the sync owns.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`]; also the binary, crate, chart and image name.
+pub const APP_NAME: &str = "pullsecret-injector";
+/// Server-side apply field manager.
+pub const FIELD_MANAGER: &str = "pullsecret-injector";

@@ -1,0 +1,358 @@
+//! Registry rules and how an image is matched against them.
+//!
+//! Hosts are matched as the kubelet's docker-config keyring does
+//! (`pkg/credentialprovider/keyring.go`, `URLsMatch`): same number of labels, each label a
+//! `path.Match` glob, ports equal. That way the Secret we inject is the one the kubelet will
+//! then pick for the image. Paths differ on purpose: a prefix matches whole segments only.
+
+use std::fmt;
+
+use crate::image::{self, DOCKER_HUB, ImageRef};
+
+/// One `{match, secret}` entry of the config, validated and compiled.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// The `match` value as the user wrote it.
+    source: String,
+    secret: String,
+    /// Host labels, IPv6 brackets removed (as Go's `net.SplitHostPort` does).
+    labels: Vec<Glob>,
+    port: Option<String>,
+    /// Repository path prefix without slashes at either end; empty for a whole registry.
+    path: String,
+}
+
+/// Why a rule cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("`match` is empty")]
+    EmptyMatch,
+    #[error("`secret` is empty")]
+    EmptySecret,
+    #[error(
+        "`secret` {0:?} is not a valid Secret name (lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit)"
+    )]
+    InvalidSecretName(String),
+    #[error("host label {label:?} is not a valid pattern: {reason}")]
+    BadPattern { label: String, reason: &'static str },
+    #[error("host {0:?} has an empty label")]
+    EmptyLabel(String),
+    #[error("port {0:?} is not a number from 1 to 65535")]
+    BadPort(String),
+    #[error("path {0:?} is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')")]
+    BadPath(String),
+    #[error("scheme {0:?} is not supported: registries are matched by host and path")]
+    BadScheme(String),
+}
+
+/// Something legal that probably does not do what the author meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleWarning(pub String);
+
+impl fmt::Display for RuleWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Rule {
+    /// Validates and compiles one rule. Spellings the kubelet accepts in a docker config key
+    /// (`https://` scheme, trailing `/`, `/v1/` or `/v2/` suffix, `index.docker.io`) are
+    /// normalized the way the kubelet normalizes them, with a warning so the config can be
+    /// cleaned up.
+    pub fn new(
+        source: &str,
+        secret: &str,
+        warnings: &mut Vec<RuleWarning>,
+    ) -> Result<Self, RuleError> {
+        let mut warn = |msg: String| warnings.push(RuleWarning(msg));
+        validate_secret_name(secret)?;
+        let mut rest = source.trim();
+        if rest.is_empty() {
+            return Err(RuleError::EmptyMatch);
+        }
+        if let Some((scheme, after)) = rest.split_once("://") {
+            if scheme != "https" && scheme != "http" {
+                return Err(RuleError::BadScheme(scheme.to_owned()));
+            }
+            warn(format!(
+                "the {scheme}:// scheme is ignored: images name no scheme; write {after:?}"
+            ));
+            rest = after;
+        }
+        let (host_port, mut path) = rest.split_once('/').unwrap_or((rest, ""));
+        if path.ends_with('/') {
+            warn("trailing '/' is ignored".to_owned());
+            path = path.trim_end_matches('/');
+        }
+        // The kubelet treats `host/v1/` and `host/v2/` as the bare host.
+        for api in ["v1", "v2"] {
+            if path == api || path.starts_with(&format!("{api}/")) {
+                warn(format!(
+                    "the /{api}/ API prefix is ignored, as the kubelet ignores it"
+                ));
+                path = path[api.len()..].trim_start_matches('/');
+            }
+        }
+        if !path.is_empty() && !is_repository_path(path) {
+            return Err(RuleError::BadPath(path.to_owned()));
+        }
+
+        let (host, port) = image::split_port(host_port);
+        if let Some(port) = port
+            && !matches!(port.parse::<u16>(), Ok(p) if p > 0 && !port.starts_with('0'))
+        {
+            return Err(RuleError::BadPort(port.to_owned()));
+        }
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let host = match host {
+            "index.docker.io" => {
+                warn(format!(
+                    "index.docker.io is Docker Hub; images are normalized to {DOCKER_HUB}, so this rule matches {DOCKER_HUB}"
+                ));
+                DOCKER_HUB
+            }
+            "registry-1.docker.io" => {
+                warn(format!(
+                    "registry-1.docker.io is Docker Hub's API endpoint: no image reference normalizes to it, so this rule matches only images written with that host; use {DOCKER_HUB} for Docker Hub"
+                ));
+                host
+            }
+            _ => host,
+        };
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            warn(format!(
+                "host {host:?} has uppercase letters: the kubelet compares hosts case-sensitively, so it matches only images written the same way"
+            ));
+        }
+        let labels = host
+            .split('.')
+            .map(|label| {
+                if label.is_empty() {
+                    Err(RuleError::EmptyLabel(host.to_owned()))
+                } else {
+                    Glob::new(label)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if port.is_none() && labels.len() == 1 && labels[0].is_literal() && host != "localhost" {
+            warn(format!(
+                "host {host:?} has no '.' or port: images name it as a registry only if it is `localhost`, so `{host}/x` would mean Docker Hub's {host}/x"
+            ));
+        }
+
+        Ok(Self {
+            source: source.to_owned(),
+            secret: secret.to_owned(),
+            labels,
+            port: port.map(str::to_owned),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The `match` value as written in the config.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Whether this rule applies to `image`.
+    pub fn matches(&self, image: &ImageRef<'_>) -> bool {
+        if self.port.as_deref() != image.port() {
+            return false;
+        }
+        let host = image.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let mut labels = host.split('.');
+        for glob in &self.labels {
+            match labels.next() {
+                Some(label) if glob.matches(label) => {}
+                _ => return false,
+            }
+        }
+        if labels.next().is_some() {
+            return false;
+        }
+        let path = image.path();
+        self.path.is_empty()
+            || (path.starts_with(&self.path)
+                && matches!(path.as_bytes().get(self.path.len()), None | Some(b'/')))
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule in its normalized form: `host[:port][/path] -> secret`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = self
+            .labels
+            .iter()
+            .map(|l| l.source.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
+        if host.contains(':') {
+            write!(f, "[{host}]")?;
+        } else {
+            f.write_str(&host)?;
+        }
+        if let Some(port) = &self.port {
+            write!(f, ":{port}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "/{}", self.path)?;
+        }
+        write!(f, " -> {}", self.secret)
+    }
+}
+
+/// Secret names are DNS subdomains (RFC 1123).
+fn validate_secret_name(name: &str) -> Result<(), RuleError> {
+    if name.is_empty() {
+        return Err(RuleError::EmptySecret);
+    }
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(RuleError::InvalidSecretName(name.to_owned()));
+    }
+    Ok(())
+}
+
+fn is_repository_path(path: &str) -> bool {
+    // Reuse the image grammar: a path is valid if `registry.invalid/<path>` parses as exactly it.
+    let probe = format!("registry.invalid/{path}");
+    ImageRef::parse(&probe).is_ok_and(|r| r.path() == path && r.tag().is_none())
+}
+
+/// One host label compiled from Go's `path.Match` syntax: `*`, `?`, `[abc]`, `[a-z]`, `[^a]`,
+/// and `\` to escape.
+#[derive(Clone, Debug)]
+struct Glob {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+#[derive(Clone, Debug)]
+enum Token {
+    Char(char),
+    Any,
+    Star,
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Glob {
+    fn new(pattern: &str) -> Result<Self, RuleError> {
+        let bad = |reason| RuleError::BadPattern {
+            label: pattern.to_owned(),
+            reason,
+        };
+        let mut tokens = Vec::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            let token = match c {
+                '*' => Token::Star,
+                '?' => Token::Any,
+                '\\' => Token::Char(chars.next().ok_or_else(|| bad("ends with '\\'"))?),
+                '[' => {
+                    let negated = chars.next_if_eq(&'^').is_some();
+                    let mut ranges = Vec::new();
+                    loop {
+                        match chars.peek() {
+                            None => return Err(bad("'[' is not closed")),
+                            Some(']') if !ranges.is_empty() => {
+                                chars.next();
+                                break;
+                            }
+                            _ => {}
+                        }
+                        let lo = class_char(&mut chars).ok_or_else(|| bad("bad character class"))?;
+                        let hi = if chars.next_if_eq(&'-').is_some() {
+                            class_char(&mut chars).ok_or_else(|| bad("bad range in character class"))?
+                        } else {
+                            lo
+                        };
+                        if lo > hi {
+                            return Err(bad("range in character class is reversed"));
+                        }
+                        ranges.push((lo, hi));
+                    }
+                    Token::Class { negated, ranges }
+                }
+                c if c.is_ascii_alphanumeric() || c == '-' || c == ':' => Token::Char(c),
+                _ => return Err(bad("hosts have only letters, digits, '-' and glob characters")),
+            };
+            tokens.push(token);
+        }
+        Ok(Self {
+            source: pattern.to_owned(),
+            tokens,
+        })
+    }
+
+    fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Char(_)))
+    }
+
+    fn matches(&self, label: &str) -> bool {
+        let text: Vec<char> = label.chars().collect();
+        match_tokens(&self.tokens, &text)
+    }
+}
+
+/// A class member as Go's `getEsc` reads it: `-` and `]` must be escaped.
+fn class_char(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<char> {
+    match chars.next()? {
+        '-' | ']' => None,
+        '\\' => chars.next(),
+        c => Some(c),
+    }
+}
+
+fn match_tokens(tokens: &[Token], text: &[char]) -> bool {
+    let (mut t, mut s) = (0, 0);
+    // Backtracking point of the last `*`: (token after it, text position it resumes from).
+    let mut star: Option<(usize, usize)> = None;
+    while s < text.len() {
+        let step = match tokens.get(t) {
+            Some(Token::Star) => {
+                star = Some((t + 1, s));
+                t += 1;
+                continue;
+            }
+            Some(Token::Char(c)) => *c == text[s],
+            Some(Token::Any) => true,
+            Some(Token::Class { negated, ranges }) => {
+                ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&text[s])) != *negated
+            }
+            None => false,
+        };
+        if step {
+            t += 1;
+            s += 1;
+        } else if let Some((after_star, from)) = star {
+            t = after_star;
+            s = from + 1;
+            star = Some((after_star, from + 1));
+        } else {
+            return false;
+        }
+    }
+    tokens[t..].iter().all(|tok| matches!(tok, Token::Star))
+}

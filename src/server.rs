@@ -1,0 +1,294 @@
+//! The HTTPS webhook server and the plain metrics server.
+//!
+//! TLS is terminated per connection with the current certificate (see [`crate::tls`]); hyper's
+//! auto builder speaks HTTP/1.1 with keep-alive (what the API server uses) and HTTP/2. On
+//! shutdown the accept loop stops, every connection is told to finish: in-flight requests
+//! complete, idle keep-alive connections close, HTTP/2 gets a GOAWAY.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::admission::{self, ReviewError};
+use crate::config::ConfigStore;
+use crate::metrics::Metrics;
+
+/// Limits of the webhook port.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Time to read a request and answer it; slower ones get 408.
+    pub request_timeout: Duration,
+    /// Time to finish a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long an HTTP/1.1 connection may wait for the next request head. Longer than the
+    /// API server's own 90 s idle timeout, so we never close a connection it is about to reuse.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<ConfigStore>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The routes of the webhook port.
+pub fn router(state: AppState, limits: &Limits) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// The routes of the metrics port.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn mutate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable"
+            };
+            state.metrics.rejected(reason);
+            tracing::warn!(%status, reason = %rejection.body_text(), "admission request rejected");
+            return (status, one_line(&rejection.body_text())).into_response();
+        }
+    };
+    if !is_json(&headers) {
+        state.metrics.rejected("content_type");
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json\n",
+        )
+            .into_response();
+    }
+
+    let started = Instant::now();
+    state.metrics.in_flight().inc();
+    let config = state.config.load();
+    let result = admission::review(&config, &body);
+    state.metrics.in_flight().dec();
+    let elapsed = started.elapsed();
+
+    match result {
+        Ok(decision) => {
+            state.metrics.review(
+                decision.outcome,
+                elapsed.as_secs_f64(),
+                &decision.added,
+                decision.invalid_images.len(),
+            );
+            for bad in &decision.invalid_images {
+                tracing::warn!(
+                    uid = %decision.uid,
+                    namespace = %decision.namespace,
+                    pod = %decision.name,
+                    container = %bad.container,
+                    image = %bad.image,
+                    error = %bad.error,
+                    "image is not a valid reference; no secret added for it"
+                );
+            }
+            if let Some(error) = &decision.object_error {
+                tracing::warn!(uid = %decision.uid, namespace = %decision.namespace, %error, "cannot read the Pod; allowed unchanged");
+            }
+            tracing::debug!(
+                uid = %decision.uid,
+                namespace = %decision.namespace,
+                pod = %decision.name,
+                outcome = %decision.outcome,
+                dry_run = decision.dry_run,
+                added = %decision.added.join(","),
+                micros = elapsed.as_micros() as u64,
+                "review"
+            );
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                decision.to_review_bytes(),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            let reason = match error {
+                ReviewError::Malformed(_) => "malformed",
+                ReviewError::WrongType { .. } => "wrong_type",
+                ReviewError::NoRequest => "no_request",
+                ReviewError::NoUid => "no_uid",
+            };
+            state.metrics.rejected(reason);
+            tracing::warn!(%error, "admission request rejected");
+            (StatusCode::BAD_REQUEST, one_line(&error.to_string())).into_response()
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn one_line(s: &str) -> String {
+    let mut line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.push('\n');
+    line
+}
+
+/// Serves `app` over TLS on `listener` until `stop` completes, then drains: no new
+/// connections, in-flight requests finish, idle connections close. Returns when every
+/// connection is done or `drain_timeout` has passed (returning false then).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    limits: Limits,
+    stop: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) -> bool {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.idle_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "stopped accepting; draining connections"
+    );
+    tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_ok()
+}
+
+/// Serves the metrics router over plain HTTP until `stop` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_router(metrics))
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
