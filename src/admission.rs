@@ -30,7 +30,9 @@ const MAX_WARNINGS: usize = 8;
 pub enum ReviewError {
     #[error("body is not a JSON AdmissionReview: {0}")]
     Malformed(String),
-    #[error("expected apiVersion {API_VERSION:?} and kind {KIND:?}, got {api_version:?} and {kind:?}")]
+    #[error(
+        "expected apiVersion {API_VERSION:?} and kind {KIND:?}, got {api_version:?} and {kind:?}"
+    )]
     WrongType { api_version: String, kind: String },
     #[error("AdmissionReview has no request")]
     NoRequest,
@@ -139,12 +141,19 @@ pub fn review(config: &Config, body: &[u8]) -> Result<Decision, ReviewError> {
             .resource
             .as_ref()
             .is_some_and(|r| r.group.is_empty() && r.resource == "pods")
-        && request.sub_resource.as_deref().unwrap_or_default().is_empty();
+        && request
+            .sub_resource
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty();
     if !is_pod_create {
         return Ok(decision);
     }
 
-    let pod = match request.object.map(|raw| serde_json::from_str::<PodIn<'_>>(raw.get())) {
+    let pod = match request
+        .object
+        .map(|raw| serde_json::from_str::<PodIn<'_>>(raw.get()))
+    {
         Some(Ok(pod)) => pod,
         Some(Err(e)) => {
             decision.outcome = Outcome::InvalidObject;
@@ -310,7 +319,10 @@ fn build_patch(pod: &PodIn<'_>, annotations: &Annotations, add: &[&str]) -> Patc
         ops.push(op(&["spec", "imagePullSecrets"], Value::Array(list)));
     } else {
         for secret in add {
-            ops.push(op(&["spec", "imagePullSecrets", "-"], json!({ "name": secret })));
+            ops.push(op(
+                &["spec", "imagePullSecrets", "-"],
+                json!({ "name": secret }),
+            ));
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub enum Command {
     ///
     /// With no --tls-cert/--tls-key it makes a self-signed certificate for localhost,
     /// 127.0.0.1 and ::1, and writes the CA to --self-signed-ca, so it runs on a laptop.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the patch the webhook would return for a Pod or an AdmissionReview (YAML or JSON).
     Mutate(MutateArgs),
     /// Validate a config file and print its rules and warnings.
@@ -144,7 +144,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init(&cli.log);
     let result = match cli.command {
-        Command::Serve(args) => crate::serve::run(args),
+        Command::Serve(args) => crate::serve::run(*args),
         Command::Mutate(args) => mutate(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::CreateSecret(args) => crate::secret::run(&args),
@@ -158,7 +158,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+fn read_input(path: &Path) -> anyhow::Result<String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -170,7 +170,7 @@ fn read_input(path: &PathBuf) -> anyhow::Result<String> {
     }
 }
 
-fn load_config(path: &PathBuf) -> anyhow::Result<Config> {
+fn load_config(path: &Path) -> anyhow::Result<Config> {
     let (config, warnings) = Config::load(path)?;
     for w in warnings {
         tracing::warn!("{w}");
@@ -196,7 +196,10 @@ pub fn mutate_document(
     document: serde_json::Value,
     output: MutateOutput,
 ) -> anyhow::Result<serde_json::Value> {
-    let kind = document.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+    let kind = document
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default();
     let review = match kind {
         admission::KIND => document,
         "Pod" => admission::review_for_pod(document),

@@ -86,13 +86,14 @@ impl Config {
         let mut warnings = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let mut rule_warnings = Vec::new();
-            let rule = Rule::new(&spec.match_, &spec.secret, &mut rule_warnings).map_err(
-                |error| ConfigError::Rule {
-                    index: i + 1,
-                    source_match: spec.match_.clone(),
-                    error,
-                },
-            )?;
+            let rule =
+                Rule::new(&spec.match_, &spec.secret, &mut rule_warnings).map_err(|error| {
+                    ConfigError::Rule {
+                        index: i + 1,
+                        source_match: spec.match_.clone(),
+                        error,
+                    }
+                })?;
             warnings.extend(rule_warnings.into_iter().map(|warning| ConfigWarning {
                 index: i + 1,
                 source_match: spec.match_.clone(),
@@ -155,7 +156,10 @@ impl Config {
     }
 
     /// The secrets `images` need, in config order, each once.
-    pub fn secrets_for<'c, 'i>(&'c self, images: impl IntoIterator<Item = &'i ImageRef<'i>>) -> Vec<&'c str> {
+    pub fn secrets_for<'c, 'i>(
+        &'c self,
+        images: impl IntoIterator<Item = &'i ImageRef<'i>>,
+    ) -> Vec<&'c str> {
         let mut hits = vec![false; self.rules.len()];
         for image in images {
             self.mark_matches(image, &mut hits);
@@ -165,7 +169,10 @@ impl Config {
 }
 
 fn one_line(e: &impl std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The config in force, swapped atomically on reload; readers never wait.

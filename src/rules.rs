@@ -39,7 +39,9 @@ pub enum RuleError {
     EmptyLabel(String),
     #[error("port {0:?} is not a number from 1 to 65535")]
     BadPort(String),
-    #[error("path {0:?} is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')")]
+    #[error(
+        "path {0:?} is not a repository path (lowercase letters, digits, '.', '_', '-', separated by '/')"
+    )]
     BadPath(String),
     #[error("scheme {0:?} is not supported: registries are matched by host and path")]
     BadScheme(String),
@@ -282,9 +284,11 @@ impl Glob {
                             }
                             _ => {}
                         }
-                        let lo = class_char(&mut chars).ok_or_else(|| bad("bad character class"))?;
+                        let lo =
+                            class_char(&mut chars).ok_or_else(|| bad("bad character class"))?;
                         let hi = if chars.next_if_eq(&'-').is_some() {
-                            class_char(&mut chars).ok_or_else(|| bad("bad range in character class"))?
+                            class_char(&mut chars)
+                                .ok_or_else(|| bad("bad range in character class"))?
                         } else {
                             lo
                         };
@@ -296,7 +300,11 @@ impl Glob {
                     Token::Class { negated, ranges }
                 }
                 c if c.is_ascii_alphanumeric() || c == '-' || c == ':' => Token::Char(c),
-                _ => return Err(bad("hosts have only letters, digits, '-' and glob characters")),
+                _ => {
+                    return Err(bad(
+                        "hosts have only letters, digits, '-' and glob characters",
+                    ));
+                }
             };
             tokens.push(token);
         }

@@ -39,11 +39,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(rules = config.rules().len(), path = %args.config.display(), "config loaded");
     let store = Arc::new(ConfigStore::new(config));
-    tokio::spawn(store.clone().watch(
-        args.config.clone(),
-        metrics.clone(),
-        args.reload_interval,
-    ));
+    tokio::spawn(
+        store
+            .clone()
+            .watch(args.config.clone(), metrics.clone(), args.reload_interval),
+    );
 
     let resolver = Arc::new(CertResolver::new(load_certificate(&args.tls)?));
     if let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) {
@@ -160,10 +160,11 @@ fn load_certificate(args: &TlsArgs) -> anyhow::Result<rustls::sign::CertifiedKey
         return Ok(tls::load_files(cert, key)?);
     }
     let pair = tls::self_signed(LOCAL_HOSTS)?;
-    let ca_path = args
-        .self_signed_ca
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("pullsecret-injector").join("ca.crt"));
+    let ca_path = args.self_signed_ca.clone().unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join("pullsecret-injector")
+            .join("ca.crt")
+    });
     write_file(&ca_path, pair.ca_pem.as_bytes())?;
     tracing::info!(
         ca = %ca_path.display(),

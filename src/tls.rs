@@ -149,9 +149,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .unwrap_or_else(|_| ServerConfig::builder());
-    let mut config = builder
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let mut config = builder.with_no_client_auth().with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -190,8 +188,10 @@ pub fn self_signed(hosts: &[&str]) -> Result<SelfSigned, TlsError> {
     let key = KeyPair::generate()?;
     let mut leaf =
         CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, hosts.first().copied().unwrap_or("localhost"));
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().copied().unwrap_or("localhost"),
+    );
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut leaf);

@@ -25,12 +25,13 @@ pub struct FileWatch {
 impl FileWatch {
     pub fn new(files: &[PathBuf], poll: Duration) -> notify::Result<Self> {
         let (tx, events) = mpsc::channel(1);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                // A full channel already holds a notice: nothing is lost by dropping this one.
-                let _ = tx.try_send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    // A full channel already holds a notice: nothing is lost by dropping this one.
+                    let _ = tx.try_send(());
+                }
+            })?;
         let dirs: BTreeSet<&Path> = files
             .iter()
             .map(|f| match f.parent() {

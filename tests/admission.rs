@@ -9,7 +9,8 @@ use pullsecret_injector::config::Config;
 use serde_json::{Value, json};
 
 fn decide(config: &Config, review: &Value) -> (admission::Decision, Value) {
-    let decision = admission::review(config, &serde_json::to_vec(review).unwrap()).expect("a valid review");
+    let decision =
+        admission::review(config, &serde_json::to_vec(review).unwrap()).expect("a valid review");
     let response: Value = serde_json::from_slice(&decision.to_review_bytes()).unwrap();
     (decision, response)
 }
@@ -28,7 +29,10 @@ fn deployment_pod_gets_gar_and_dockerhub_in_config_order() {
     let (decision, _, pod) = run_fixture("deployment-pod.json");
     assert_eq!(decision.outcome, Outcome::Patched);
     assert_eq!(pull_secrets(&pod), ["gar-pull", "dockerhub"]);
-    assert_eq!(injected_annotation(&pod).as_deref(), Some("gar-pull,dockerhub"));
+    assert_eq!(
+        injected_annotation(&pod).as_deref(),
+        Some("gar-pull,dockerhub")
+    );
     // generateName Pods have no name yet; the decision reports the prefix.
     assert_eq!(decision.name, "web-84858677cd-");
     assert_eq!(decision.namespace, "team-a");
@@ -48,8 +52,14 @@ fn serviceaccount_secrets_stay_first() {
     let ops = decision.patch.expect("patch");
     let ops = serde_json::to_value(&ops).unwrap();
     assert_eq!(ops[0]["path"], "/spec/imagePullSecrets/-");
-    assert_eq!(ops[1]["path"], "/metadata/annotations/pullsecret-injector.io~1injected");
-    assert_eq!(pod["metadata"]["annotations"]["team"], "build", "other annotations kept");
+    assert_eq!(
+        ops[1]["path"],
+        "/metadata/annotations/pullsecret-injector.io~1injected"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["team"], "build",
+        "other annotations kept"
+    );
     assert!(response["response"]["warnings"].is_null());
 }
 
@@ -76,7 +86,10 @@ fn dry_run_is_answered_like_a_real_create() {
     let review: Value = serde_json::from_slice(&fixture("dry-run-pod.json")).unwrap();
     let (decision, response) = decide(&config, &review);
     assert!(decision.dry_run);
-    assert_eq!(pull_secrets(&apply_response(&review, &response)), ["team-registry"]);
+    assert_eq!(
+        pull_secrets(&apply_response(&review, &response)),
+        ["team-registry"]
+    );
 }
 
 #[test]
@@ -90,10 +103,19 @@ fn ephemeral_container_update_is_not_mutated() {
 #[test]
 fn thirty_containers_with_odd_images() {
     let (decision, response, pod) = run_fixture("thirty-container-pod.json");
-    assert_eq!(pull_secrets(&pod), ["gar-pull", "ghcr-acme", "dockerhub", "local-registry"]);
-    let bad: Vec<&str> = decision.invalid_images.iter().map(|b| b.image.as_str()).collect();
+    assert_eq!(
+        pull_secrets(&pod),
+        ["gar-pull", "ghcr-acme", "dockerhub", "local-registry"]
+    );
+    let bad: Vec<&str> = decision
+        .invalid_images
+        .iter()
+        .map(|b| b.image.as_str())
+        .collect();
     assert_eq!(bad, ["ghcr.io/Acme/api:1"]);
-    let warnings = response["response"]["warnings"].as_array().expect("warnings");
+    let warnings = response["response"]["warnings"]
+        .as_array()
+        .expect("warnings");
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].as_str().unwrap().contains("ghcr.io/Acme/api:1"));
 }
@@ -127,15 +149,31 @@ fn pod(spec: Value) -> Value {
 fn every_container_kind_counts() {
     let config = example_config();
     let cases = [
-        (json!({ "initContainers": [{ "name": "i", "image": "ghcr.io/acme/init:1" }], "containers": [{ "name": "c", "image": "quay.io/x/y" }] }), vec!["ghcr-acme"]),
-        (json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }], "ephemeralContainers": [{ "name": "e", "image": "nginx" }] }), vec!["dockerhub"]),
-        (json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }] }), vec![]),
-        (json!({ "containers": [{ "name": "c" }, { "name": "d", "image": "" }] }), vec![]),
+        (
+            json!({ "initContainers": [{ "name": "i", "image": "ghcr.io/acme/init:1" }], "containers": [{ "name": "c", "image": "quay.io/x/y" }] }),
+            vec!["ghcr-acme"],
+        ),
+        (
+            json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }], "ephemeralContainers": [{ "name": "e", "image": "nginx" }] }),
+            vec!["dockerhub"],
+        ),
+        (
+            json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }] }),
+            vec![],
+        ),
+        (
+            json!({ "containers": [{ "name": "c" }, { "name": "d", "image": "" }] }),
+            vec![],
+        ),
     ];
     for (spec, expected) in cases {
         let review = review_of(pod(spec.clone()));
         let (_, response) = decide(&config, &review);
-        assert_eq!(pull_secrets(&apply_response(&review, &response)), expected, "{spec}");
+        assert_eq!(
+            pull_secrets(&apply_response(&review, &response)),
+            expected,
+            "{spec}"
+        );
     }
 }
 
@@ -143,27 +181,47 @@ fn every_container_kind_counts() {
 fn empty_or_null_lists_get_one_add_of_the_whole_list() {
     let config = example_config();
     for existing in [json!([]), Value::Null] {
-        let review = review_of(pod(json!({ "containers": [{ "name": "c", "image": "nginx" }, { "name": "d", "image": "ghcr.io/acme/x" }], "imagePullSecrets": existing })));
+        let review = review_of(pod(
+            json!({ "containers": [{ "name": "c", "image": "nginx" }, { "name": "d", "image": "ghcr.io/acme/x" }], "imagePullSecrets": existing }),
+        ));
         let (decision, response) = decide(&config, &review);
         let ops = serde_json::to_value(decision.patch.as_ref().unwrap()).unwrap();
-        assert_eq!(ops[0], json!({ "op": "add", "path": "/spec/imagePullSecrets", "value": [{ "name": "ghcr-acme" }, { "name": "dockerhub" }] }));
-        assert_eq!(ops.as_array().unwrap().len(), 2, "one add for the list, one for the annotation");
-        assert_eq!(pull_secrets(&apply_response(&review, &response)), ["ghcr-acme", "dockerhub"]);
+        assert_eq!(
+            ops[0],
+            json!({ "op": "add", "path": "/spec/imagePullSecrets", "value": [{ "name": "ghcr-acme" }, { "name": "dockerhub" }] })
+        );
+        assert_eq!(
+            ops.as_array().unwrap().len(),
+            2,
+            "one add for the list, one for the annotation"
+        );
+        assert_eq!(
+            pull_secrets(&apply_response(&review, &response)),
+            ["ghcr-acme", "dockerhub"]
+        );
     }
 }
 
 #[test]
 fn injected_annotation_is_merged_on_reinvocation() {
     let config = example_config();
-    let mut p = pod(json!({ "containers": [{ "name": "c", "image": "nginx" }], "imagePullSecrets": [{ "name": "dockerhub" }] }));
+    let mut p = pod(
+        json!({ "containers": [{ "name": "c", "image": "nginx" }], "imagePullSecrets": [{ "name": "dockerhub" }] }),
+    );
     p["metadata"]["annotations"] = json!({ "pullsecret-injector.io/injected": "dockerhub" });
     // Another webhook added a container after our first pass.
-    p["spec"]["containers"].as_array_mut().unwrap().push(json!({ "name": "sidecar", "image": "ghcr.io/acme/sidecar:1" }));
+    p["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "sidecar", "image": "ghcr.io/acme/sidecar:1" }));
     let review = review_of(p);
     let (_, response) = decide(&config, &review);
     let patched = apply_response(&review, &response);
     assert_eq!(pull_secrets(&patched), ["dockerhub", "ghcr-acme"]);
-    assert_eq!(injected_annotation(&patched).as_deref(), Some("dockerhub,ghcr-acme"));
+    assert_eq!(
+        injected_annotation(&patched).as_deref(),
+        Some("dockerhub,ghcr-acme")
+    );
 }
 
 #[test]
@@ -174,17 +232,30 @@ fn mirror_pods_and_skip_values() {
         p["metadata"]["annotations"] = annotations;
         decide(&config, &review_of(p)).0.outcome
     };
-    assert_eq!(with_annotations(json!({ "kubernetes.io/config.mirror": "abc" })), Outcome::MirrorPod);
-    assert_eq!(with_annotations(json!({ "pullsecret-injector.io/skip": "true" })), Outcome::OptedOut);
-    assert_eq!(with_annotations(json!({ "pullsecret-injector.io/skip": "True" })), Outcome::OptedOut);
-    assert_eq!(with_annotations(json!({ "pullsecret-injector.io/skip": "false" })), Outcome::Patched);
+    assert_eq!(
+        with_annotations(json!({ "kubernetes.io/config.mirror": "abc" })),
+        Outcome::MirrorPod
+    );
+    assert_eq!(
+        with_annotations(json!({ "pullsecret-injector.io/skip": "true" })),
+        Outcome::OptedOut
+    );
+    assert_eq!(
+        with_annotations(json!({ "pullsecret-injector.io/skip": "True" })),
+        Outcome::OptedOut
+    );
+    assert_eq!(
+        with_annotations(json!({ "pullsecret-injector.io/skip": "false" })),
+        Outcome::Patched
+    );
     assert_eq!(with_annotations(json!(null)), Outcome::Patched);
 }
 
 #[test]
 fn pod_without_metadata_gets_metadata_added() {
     let config = example_config();
-    let review = review_of(json!({ "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }));
+    let review =
+        review_of(json!({ "spec": { "containers": [{ "name": "c", "image": "nginx" }] } }));
     let (_, response) = decide(&config, &review);
     let patched = apply_response(&review, &response);
     assert_eq!(injected_annotation(&patched).as_deref(), Some("dockerhub"));
@@ -193,13 +264,21 @@ fn pod_without_metadata_gets_metadata_added() {
 #[test]
 fn only_pod_create_is_mutated() {
     let config = example_config();
-    let base = review_of(pod(json!({ "containers": [{ "name": "c", "image": "nginx" }] })));
+    let base = review_of(pod(
+        json!({ "containers": [{ "name": "c", "image": "nginx" }] }),
+    ));
     let variants: [(&str, Value); 5] = [
         ("operation", json!("UPDATE")),
         ("operation", json!("DELETE")),
         ("subResource", json!("ephemeralcontainers")),
-        ("kind", json!({ "group": "apps", "version": "v1", "kind": "Deployment" })),
-        ("resource", json!({ "group": "", "version": "v1", "resource": "configmaps" })),
+        (
+            "kind",
+            json!({ "group": "apps", "version": "v1", "kind": "Deployment" }),
+        ),
+        (
+            "resource",
+            json!({ "group": "", "version": "v1", "resource": "configmaps" }),
+        ),
     ];
     assert_eq!(decide(&config, &base).0.outcome, Outcome::Patched);
     for (field, value) in variants {
@@ -214,7 +293,12 @@ fn only_pod_create_is_mutated() {
 #[test]
 fn unreadable_pod_is_allowed_unchanged() {
     let config = example_config();
-    for object in [json!(null), json!({ "spec": { "containers": "nginx" } }), json!({ "spec": { "containers": [{ "image": 5 }] } }), json!([1, 2])] {
+    for object in [
+        json!(null),
+        json!({ "spec": { "containers": "nginx" } }),
+        json!({ "spec": { "containers": [{ "image": 5 }] } }),
+        json!([1, 2]),
+    ] {
         let mut review = review_of(json!({}));
         review["request"]["object"] = object.clone();
         let (decision, response) = decide(&config, &review);
@@ -227,7 +311,8 @@ fn unreadable_pod_is_allowed_unchanged() {
 #[test]
 fn non_reviews_are_errors() {
     let config = example_config();
-    let cases: [(&[u8], fn(&ReviewError) -> bool); 6] = [
+    type Check = fn(&ReviewError) -> bool;
+    let cases: [(&[u8], Check); 6] = [
         (b"not json", |e| matches!(e, ReviewError::Malformed(_))),
         (b"{\"apiVersion\":\"admission.k8s.io/v1beta1\",\"kind\":\"AdmissionReview\"}", |e| matches!(e, ReviewError::WrongType { .. })),
         (b"{\"apiVersion\":\"v1\",\"kind\":\"Pod\"}", |e| matches!(e, ReviewError::WrongType { .. })),
@@ -237,7 +322,11 @@ fn non_reviews_are_errors() {
     ];
     for (body, check) in cases {
         let error = admission::review(&config, body).expect_err("should be refused");
-        assert!(check(&error), "{}: {error:?}", String::from_utf8_lossy(body));
+        assert!(
+            check(&error),
+            "{}: {error:?}",
+            String::from_utf8_lossy(body)
+        );
     }
 }
 
@@ -248,14 +337,30 @@ fn answer_has_exactly_the_admission_v1_fields() {
     let (_, response, _) = run_fixture("thirty-container-pod.json");
     assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(response["kind"], "AdmissionReview");
-    assert!(response.get("request").is_none(), "the request is not echoed back");
-    let mut keys: Vec<&str> = response["response"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(
+        response.get("request").is_none(),
+        "the request is not echoed back"
+    );
+    let mut keys: Vec<&str> = response["response"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["allowed", "patch", "patchType", "uid", "warnings"]);
-    assert_eq!(response["response"]["uid"], "3a9a67a1-1b44-49a9-985b-2b282da82305");
+    assert_eq!(
+        response["response"]["uid"],
+        "3a9a67a1-1b44-49a9-985b-2b282da82305"
+    );
 
     let (_, response, _) = run_fixture("opted-out-pod.json");
-    let mut keys: Vec<&str> = response["response"].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = response["response"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["allowed", "uid"]);
 }

@@ -23,7 +23,14 @@ const IMAGES: &[&str] = &[
     "quay.io/x/y",
     "",
 ];
-const SECRETS: &[&str] = &["gar-pull", "ghcr-acme", "dockerhub", "local-registry", "team-own", ""];
+const SECRETS: &[&str] = &[
+    "gar-pull",
+    "ghcr-acme",
+    "dockerhub",
+    "local-registry",
+    "team-own",
+    "",
+];
 
 fn image() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -63,7 +70,8 @@ fn pod() -> impl Strategy<Value = Value> {
 
 fn respond(review: &Value) -> Value {
     let config = example_config();
-    let decision = admission::review(&config, &serde_json::to_vec(review).unwrap()).expect("valid review");
+    let decision =
+        admission::review(&config, &serde_json::to_vec(review).unwrap()).expect("valid review");
     serde_json::from_slice(&decision.to_review_bytes()).unwrap()
 }
 

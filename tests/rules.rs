@@ -21,21 +21,37 @@ fn kubelet_keyring_examples() {
         ("*.kubernetes.io", "prefix.kubernetes.io/foo", true),
         ("prefix.*.io", "prefix.kubernetes.io/foo", true),
         ("prefix.kubernetes.*", "prefix.kubernetes.io/foo", true),
-        ("*-good.kubernetes.io", "prefix-good.kubernetes.io/foo", true),
+        (
+            "*-good.kubernetes.io",
+            "prefix-good.kubernetes.io/foo",
+            true,
+        ),
         // Paths.
         ("kubernetes.io/foo", "kubernetes.io/foo/bar", true),
         ("kubernetes.io/foo/bar", "kubernetes.io/foo/bar", true),
         ("*.kubernetes.io/foo", "prefix.kubernetes.io/foo/bar", true),
         // Ports.
         ("kubernetes.io:8080", "kubernetes.io:8080/foo", true),
-        ("*.kubernetes.io:1111/foo", "prefix.kubernetes.io:1111/foo/bar", true),
-        ("prefix.*.io:1111/foo", "prefix.kubernetes.io:1111/foo/bar", true),
+        (
+            "*.kubernetes.io:1111/foo",
+            "prefix.kubernetes.io:1111/foo/bar",
+            true,
+        ),
+        (
+            "prefix.*.io:1111/foo",
+            "prefix.kubernetes.io:1111/foo/bar",
+            true,
+        ),
         // The label count must be equal.
         ("*.kubernetes.io", "kubernetes.io/foo", false),
         ("*.kubernetes.io", "sub.prefix.kubernetes.io/foo", false),
         ("prefix.kubernetes.io", "kubernetes.io/foo", false),
         // Ports must be equal, and a rule without one does not match an image with one.
-        ("*.kubernetes.io:1111", "prefix.kubernetes.io:2222/foo", false),
+        (
+            "*.kubernetes.io:1111",
+            "prefix.kubernetes.io:2222/foo",
+            false,
+        ),
         ("kubernetes.io", "kubernetes.io:1111/foo", false),
         ("kubernetes.io:1111", "kubernetes.io/foo", false),
         // The image path must start with the rule path.
@@ -46,7 +62,11 @@ fn kubelet_keyring_examples() {
         ("Example.COM", "Example.COM/x/y", true),
     ];
     for (rule, image, expected) in cases {
-        assert_eq!(matches(rule, image), expected, "rule {rule:?} vs image {image:?}");
+        assert_eq!(
+            matches(rule, image),
+            expected,
+            "rule {rule:?} vs image {image:?}"
+        );
     }
 }
 
@@ -54,7 +74,11 @@ fn kubelet_keyring_examples() {
 fn design_examples_and_our_differences() {
     let cases = [
         // DESIGN.md's config.
-        ("asia-northeast1-docker.pkg.dev", "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1", true),
+        (
+            "asia-northeast1-docker.pkg.dev",
+            "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1",
+            true,
+        ),
         ("*.pkg.dev", "us-docker.pkg.dev/acme/tools/x:1", true),
         ("*.pkg.dev", "pkg.dev/x", false),
         ("*.pkg.dev", "a.b.pkg.dev/x", false),
@@ -67,7 +91,11 @@ fn design_examples_and_our_differences() {
         ("docker.io", "library/nginx:1", true),
         ("docker.io", "index.docker.io/grafana/grafana:11.0.0", true),
         ("docker.io", "docker.io/bitnami/kafka:3.7", true),
-        ("docker.io", "registry-1.docker.io/library/busybox:1.36", false),
+        (
+            "docker.io",
+            "registry-1.docker.io/library/busybox:1.36",
+            false,
+        ),
         ("docker.io/bitnami", "bitnami/kafka", true),
         ("docker.io/library", "nginx", true),
         ("index.docker.io", "nginx", true),
@@ -79,9 +107,21 @@ fn design_examples_and_our_differences() {
         ("127.0.0.1:5000", "127.0.0.1:5000/x", true),
         ("[::1]:5000", "[::1]:5000/ipv6/app:1", true),
         ("[::1]", "[::1]:5000/ipv6/app:1", false),
-        ("*.dkr.ecr.*.amazonaws.com", "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/team/svc:9", true),
-        ("*.dkr.ecr.*.amazonaws.com", "public.ecr.aws/nginx/nginx:1", false),
-        ("harbor.corp.example:8443/proj", "harbor.corp.example:8443/proj/img:v1", true),
+        (
+            "*.dkr.ecr.*.amazonaws.com",
+            "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/team/svc:9",
+            true,
+        ),
+        (
+            "*.dkr.ecr.*.amazonaws.com",
+            "public.ecr.aws/nginx/nginx:1",
+            false,
+        ),
+        (
+            "harbor.corp.example:8443/proj",
+            "harbor.corp.example:8443/proj/img:v1",
+            true,
+        ),
         ("*-docker.pkg.dev", "asia-northeast1-docker.pkg.dev/x", true),
         ("*-docker.pkg.dev", "gcr.io/x", false),
         ("?.gcr.io", "eu.gcr.io/acme/legacy:2", false),
@@ -93,10 +133,18 @@ fn design_examples_and_our_differences() {
         ("*", "localhost/x", true),
         ("*", "nginx", false),
         // Tags and digests are not part of the match.
-        ("ghcr.io/acme/api", "ghcr.io/acme/api@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d", true),
+        (
+            "ghcr.io/acme/api",
+            "ghcr.io/acme/api@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
+            true,
+        ),
     ];
     for (rule, image, expected) in cases {
-        assert_eq!(matches(rule, image), expected, "rule {rule:?} vs image {image:?}");
+        assert_eq!(
+            matches(rule, image),
+            expected,
+            "rule {rule:?} vs image {image:?}"
+        );
     }
 }
 
@@ -111,20 +159,56 @@ fn rule_error(m: &str, secret: &str) -> RuleError {
 fn bad_rules_are_refused_with_the_reason() {
     assert_eq!(rule_error("", "s"), RuleError::EmptyMatch);
     assert_eq!(rule_error("ghcr.io", ""), RuleError::EmptySecret);
-    assert!(matches!(rule_error("ghcr.io", "Gar_Pull"), RuleError::InvalidSecretName(_)));
-    assert!(matches!(rule_error("ghcr.io", "-x"), RuleError::InvalidSecretName(_)));
-    assert!(matches!(rule_error("*.pkg.dev[", "s"), RuleError::BadPattern { .. }));
-    assert!(matches!(rule_error("[]a].pkg.dev", "s"), RuleError::BadPattern { .. }));
-    assert!(matches!(rule_error("[z-a].pkg.dev", "s"), RuleError::BadPattern { .. }));
-    assert!(matches!(rule_error("foo\\", "s"), RuleError::BadPattern { .. }));
-    assert!(matches!(rule_error("exa_mple.com", "s"), RuleError::BadPattern { .. }));
+    assert!(matches!(
+        rule_error("ghcr.io", "Gar_Pull"),
+        RuleError::InvalidSecretName(_)
+    ));
+    assert!(matches!(
+        rule_error("ghcr.io", "-x"),
+        RuleError::InvalidSecretName(_)
+    ));
+    assert!(matches!(
+        rule_error("*.pkg.dev[", "s"),
+        RuleError::BadPattern { .. }
+    ));
+    assert!(matches!(
+        rule_error("[]a].pkg.dev", "s"),
+        RuleError::BadPattern { .. }
+    ));
+    assert!(matches!(
+        rule_error("[z-a].pkg.dev", "s"),
+        RuleError::BadPattern { .. }
+    ));
+    assert!(matches!(
+        rule_error("foo\\", "s"),
+        RuleError::BadPattern { .. }
+    ));
+    assert!(matches!(
+        rule_error("exa_mple.com", "s"),
+        RuleError::BadPattern { .. }
+    ));
     assert!(matches!(rule_error("a..b", "s"), RuleError::EmptyLabel(_)));
-    assert_eq!(rule_error("ghcr.io:abc", "s"), RuleError::BadPort("abc".into()));
+    assert_eq!(
+        rule_error("ghcr.io:abc", "s"),
+        RuleError::BadPort("abc".into())
+    );
     assert_eq!(rule_error("ghcr.io:0", "s"), RuleError::BadPort("0".into()));
-    assert_eq!(rule_error("ghcr.io:70000", "s"), RuleError::BadPort("70000".into()));
-    assert_eq!(rule_error("ghcr.io/Acme", "s"), RuleError::BadPath("Acme".into()));
-    assert_eq!(rule_error("ghcr.io/a*", "s"), RuleError::BadPath("a*".into()));
-    assert_eq!(rule_error("oci://ghcr.io", "s"), RuleError::BadScheme("oci".into()));
+    assert_eq!(
+        rule_error("ghcr.io:70000", "s"),
+        RuleError::BadPort("70000".into())
+    );
+    assert_eq!(
+        rule_error("ghcr.io/Acme", "s"),
+        RuleError::BadPath("Acme".into())
+    );
+    assert_eq!(
+        rule_error("ghcr.io/a*", "s"),
+        RuleError::BadPath("a*".into())
+    );
+    assert_eq!(
+        rule_error("oci://ghcr.io", "s"),
+        RuleError::BadScheme("oci".into())
+    );
 }
 
 fn warnings_of(m: &str) -> Vec<String> {
@@ -138,7 +222,11 @@ fn spellings_the_kubelet_never_uses_as_written_are_warned_about() {
     assert!(warnings_of("ghcr.io/acme").is_empty());
     assert!(warnings_of("https://ghcr.io")[0].contains("scheme is ignored"));
     assert!(warnings_of("ghcr.io/acme/")[0].contains("trailing '/'"));
-    assert!(warnings_of("https://index.docker.io/v1/").iter().any(|w| w.contains("/v1/")));
+    assert!(
+        warnings_of("https://index.docker.io/v1/")
+            .iter()
+            .any(|w| w.contains("/v1/"))
+    );
     assert!(warnings_of("index.docker.io")[0].contains("Docker Hub"));
     assert!(warnings_of("registry-1.docker.io")[0].contains("no image reference normalizes"));
     assert!(warnings_of("Example.com")[0].contains("case-sensitively"));
@@ -149,7 +237,10 @@ fn spellings_the_kubelet_never_uses_as_written_are_warned_about() {
 
 #[test]
 fn rules_display_in_normalized_form() {
-    assert_eq!(rule("https://index.docker.io/v1/").to_string(), "docker.io -> s");
+    assert_eq!(
+        rule("https://index.docker.io/v1/").to_string(),
+        "docker.io -> s"
+    );
     assert_eq!(rule("[::1]:5000/dev").to_string(), "[::1]:5000/dev -> s");
     assert_eq!(rule("*.pkg.dev").to_string(), "*.pkg.dev -> s");
 }
@@ -158,21 +249,45 @@ fn rules_display_in_normalized_form() {
 fn config_errors_name_the_rule() {
     let text = "registries:\n  - match: ghcr.io\n    secret: ok\n  - match: \"*.pkg.dev[\"\n    secret: gar\n";
     let error = Config::from_yaml(text).expect_err("bad glob");
-    assert!(matches!(error, ConfigError::Rule { index: 2, .. }), "{error:?}");
+    assert!(
+        matches!(error, ConfigError::Rule { index: 2, .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
-    assert!(message.starts_with("rule 2 (match \"*.pkg.dev[\"):"), "{message}");
+    assert!(
+        message.starts_with("rule 2 (match \"*.pkg.dev[\"):"),
+        "{message}"
+    );
     assert!(message.contains("not closed"), "{message}");
 
-    let typo = Config::from_yaml("registries:\n  - match: ghcr.io\n    secrets: x\n").expect_err("typo");
-    assert!(typo.to_string().contains("unknown field `secrets`"), "{typo}");
+    let typo =
+        Config::from_yaml("registries:\n  - match: ghcr.io\n    secrets: x\n").expect_err("typo");
+    assert!(
+        typo.to_string().contains("unknown field `secrets`"),
+        "{typo}"
+    );
     let missing = Config::from_yaml("registries:\n  - match: ghcr.io\n").expect_err("missing");
-    assert!(missing.to_string().contains("missing field `secret`"), "{missing}");
+    assert!(
+        missing.to_string().contains("missing field `secret`"),
+        "{missing}"
+    );
     let not_list = Config::from_yaml("registries: ghcr.io\n").expect_err("not a list");
-    assert!(not_list.to_string().starts_with("not a valid config"), "{not_list}");
+    assert!(
+        not_list.to_string().starts_with("not a valid config"),
+        "{not_list}"
+    );
     let top_typo = Config::from_yaml("registry: []\n").expect_err("top-level typo");
-    assert!(top_typo.to_string().contains("unknown field `registry`"), "{top_typo}");
+    assert!(
+        top_typo.to_string().contains("unknown field `registry`"),
+        "{top_typo}"
+    );
     assert!(Config::from_yaml(": : :\n\t- [").is_err());
-    assert!(!Config::from_yaml("x").unwrap_err().to_string().contains('\n'));
+    assert!(
+        !Config::from_yaml("x")
+            .unwrap_err()
+            .to_string()
+            .contains('\n')
+    );
 }
 
 #[test]
@@ -181,7 +296,10 @@ fn config_keeps_order_and_dedupes_secrets() {
     let (config, warnings) = Config::from_yaml(text).expect("valid");
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(config.secrets(), ["one", "two"]);
-    let images: Vec<_> = ["c.io/x", "b.io/y", "a.io/z"].iter().map(|i| ImageRef::parse(i).unwrap()).collect();
+    let images: Vec<_> = ["c.io/x", "b.io/y", "a.io/z"]
+        .iter()
+        .map(|i| ImageRef::parse(i).unwrap())
+        .collect();
     assert_eq!(config.secrets_for(&images), ["one", "two"]);
     let only_c = [ImageRef::parse("c.io/x").unwrap()];
     assert_eq!(config.secrets_for(&only_c), ["one"]);

@@ -8,7 +8,9 @@ use pullsecret_injector::config::Config;
 use serde_json::Value;
 
 pub fn data_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -27,14 +29,22 @@ pub fn apply_response(request: &Value, response: &Value) -> Value {
     let mut pod = request["request"]["object"].clone();
     let answer = &response["response"];
     assert_eq!(answer["allowed"], true, "the webhook must allow: {answer}");
-    assert_eq!(answer["uid"], request["request"]["uid"], "uid must be echoed");
+    assert_eq!(
+        answer["uid"], request["request"]["uid"],
+        "uid must be echoed"
+    );
     if let Some(patch) = answer["patch"].as_str() {
         assert_eq!(answer["patchType"], "JSONPatch");
-        let bytes = base64::engine::general_purpose::STANDARD.decode(patch).expect("base64 patch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .expect("base64 patch");
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("JSON patch");
         json_patch::patch(&mut pod, &patch).expect("patch applies to the Pod");
     } else {
-        assert!(answer.get("patchType").is_none(), "patchType without patch: {answer}");
+        assert!(
+            answer.get("patchType").is_none(),
+            "patchType without patch: {answer}"
+        );
     }
     pod
 }
@@ -42,15 +52,251 @@ pub fn apply_response(request: &Value, response: &Value) -> Value {
 pub fn pull_secrets(pod: &Value) -> Vec<String> {
     pod["spec"]["imagePullSecrets"]
         .as_array()
-        .map(|list| list.iter().map(|s| s["name"].as_str().unwrap_or_default().to_owned()).collect())
+        .map(|list| {
+            list.iter()
+                .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 pub fn injected_annotation(pod: &Value) -> Option<String> {
-    pod["metadata"]["annotations"]["pullsecret-injector.io/injected"].as_str().map(str::to_owned)
+    pod["metadata"]["annotations"]["pullsecret-injector.io/injected"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Wraps `pod` in a Pod CREATE AdmissionReview.
 pub fn review_of(pod: Value) -> Value {
     pullsecret_injector::admission::review_for_pod(pod)
+}
+
+// ---- a real server on loopback and TLS clients that verify it like the API server ---------
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pullsecret_injector::config::ConfigStore;
+use pullsecret_injector::metrics::Metrics;
+use pullsecret_injector::server::{self, AppState, Limits};
+use pullsecret_injector::tls::{self, CertResolver};
+use rustls::pki_types::ServerName;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub resolver: Arc<CertResolver>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config, limits: Limits) -> Self {
+        let pair = tls::self_signed(&["localhost", "127.0.0.1"]).expect("test certificate");
+        let key = tls::certified_key(
+            pair.cert_pem.as_bytes(),
+            pair.key_pem.as_bytes(),
+            "cert",
+            "key",
+        )
+        .unwrap();
+        let resolver = Arc::new(CertResolver::new(key));
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(AtomicBool::new(true));
+        let app = server::router(
+            AppState {
+                config: Arc::new(ConfigStore::new(config)),
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            },
+            &limits,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve_tls(
+            listener,
+            tls::server_config(resolver.clone()),
+            app,
+            limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Self {
+            addr,
+            ca_pem: pair.ca_pem,
+            metrics,
+            ready,
+            resolver,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts draining; returns whether every connection finished in time.
+    pub async fn stop(&mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
+    }
+}
+
+pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection that trusts only `ca_pem` and checks that the certificate is for `name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_owned()).expect("server name");
+    TlsConnector::from(client_config(ca_pem, alpn))
+        .connect(name, tcp)
+        .await
+}
+
+/// An HTTP/1.1 keep-alive connection, as the API server opens to webhooks.
+pub struct H1 {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl H1 {
+    pub async fn connect(server: &TestServer) -> Self {
+        Self::connect_to(server.addr, &server.ca_pem).await
+    }
+
+    pub async fn connect_to(addr: SocketAddr, ca_pem: &str) -> Self {
+        let tls = tls_connect(addr, ca_pem, "localhost", &[b"http/1.1"])
+            .await
+            .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Reply> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// An HTTP/2 connection; clones share it, each request a stream.
+#[derive(Clone)]
+pub struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2 {
+    pub async fn connect(server: &TestServer) -> Self {
+        let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"h2"])
+            .await
+            .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Reply> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// `POST /mutate?timeout=2s` with the API server's headers.
+pub fn mutate_request(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post("https://localhost/mutate?timeout=2s")
+        .header("host", "localhost")
+        .header("user-agent", "kube-apiserver-admission")
+        .header("accept", "application/json, */*")
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+pub fn get_request(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("https://localhost{path}"))
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }

@@ -1,0 +1,280 @@
+//! The webhook server over real TLS on loopback, with clients that trust only the test CA
+//! and check the name, speaking HTTP/1.1 keep-alive (as the API server does) and HTTP/2.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use pullsecret_injector::server::Limits;
+use serde_json::Value;
+
+async fn start() -> TestServer {
+    TestServer::start(example_config(), Limits::default()).await
+}
+
+#[tokio::test]
+async fn recorded_reviews_over_http1_keep_alive() {
+    let server = start().await;
+    let mut client = H1::connect(&server).await;
+    let cases: [(&str, &[&str]); 8] = [
+        ("deployment-pod.json", &["gar-pull", "dockerhub"]),
+        ("job-pod.json", &["ghcr-acme"]),
+        (
+            "serviceaccount-secrets-pod.json",
+            &["sa-registry", "local-registry"],
+        ),
+        ("own-secrets-pod.json", &["team-own", "gar-pull"]),
+        ("opted-out-pod.json", &[]),
+        ("dry-run-pod.json", &[]),
+        ("ephemeral-container-update.json", &["team-own", "gar-pull"]),
+        (
+            "thirty-container-pod.json",
+            &["gar-pull", "ghcr-acme", "dockerhub", "local-registry"],
+        ),
+    ];
+    // All on one connection: keep-alive must hold across reviews.
+    for (name, expected) in cases {
+        let body = fixture(name);
+        let request: Value = serde_json::from_slice(&body).unwrap();
+        let reply = client.send(mutate_request(body)).await.expect("request");
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+        assert_eq!(reply.headers["content-type"], "application/json");
+        let pod = apply_response(&request, &reply.json());
+        assert_eq!(pull_secrets(&pod), expected, "{name}");
+    }
+    assert!(
+        !client.is_closed(),
+        "the server closed a keep-alive connection"
+    );
+    let metrics = server.metrics.encode();
+    assert!(
+        metrics.contains("pullsecret_injector_admission_reviews_total{outcome=\"patched\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pullsecret_injector_admission_reviews_total{outcome=\"opted_out\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pullsecret_injector_invalid_images_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn many_reviews_on_one_http1_connection() {
+    let server = start().await;
+    let mut client = H1::connect(&server).await;
+    let body = fixture("deployment-pod.json");
+    for i in 0..200 {
+        let reply = client
+            .send(mutate_request(body.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(reply.status, 200);
+    }
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn concurrent_reviews_over_http2() {
+    let server = start().await;
+    let client = H2::connect(&server).await;
+    let body = fixture("job-pod.json");
+    let request: Value = serde_json::from_slice(&body).unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let mut client = client.clone();
+            let body = body.clone();
+            tokio::spawn(async move { client.send(mutate_request(body)).await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap().expect("h2 request");
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            pull_secrets(&apply_response(&request, &reply.json())),
+            ["ghcr-acme"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_is_verified_like_the_api_server_does() {
+    let server = start().await;
+    // The certificate's SANs are localhost and 127.0.0.1.
+    assert!(
+        tls_connect(server.addr, &server.ca_pem, "localhost", &[b"http/1.1"])
+            .await
+            .is_ok()
+    );
+    assert!(
+        tls_connect(server.addr, &server.ca_pem, "127.0.0.1", &[b"http/1.1"])
+            .await
+            .is_ok()
+    );
+    let wrong_name = tls_connect(
+        server.addr,
+        &server.ca_pem,
+        "pullsecret-injector.other.svc",
+        &[b"http/1.1"],
+    )
+    .await;
+    assert!(
+        wrong_name.is_err(),
+        "a certificate for another name must be refused"
+    );
+    let other_ca = pullsecret_injector::tls::self_signed(&["localhost"])
+        .unwrap()
+        .ca_pem;
+    let untrusted = tls_connect(server.addr, &other_ca, "localhost", &[b"http/1.1"]).await;
+    assert!(
+        untrusted.is_err(),
+        "a certificate from another CA must be refused"
+    );
+    // No ALPN at all (an old client) still gets HTTP/1.1.
+    let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[])
+        .await
+        .expect("no ALPN");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+}
+
+#[tokio::test]
+async fn tls_1_2_is_accepted_and_older_is_not_offered() {
+    let server = start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = start().await;
+    let mut client = H1::connect(&server).await;
+    let healthz = client.send(get_request("/healthz")).await.unwrap();
+    assert_eq!((healthz.status, healthz.text().as_str()), (200, "ok\n"));
+    assert_eq!(
+        client.send(get_request("/readyz")).await.unwrap().status,
+        200
+    );
+    server.ready.store(false, Ordering::Release);
+    assert_eq!(
+        client.send(get_request("/readyz")).await.unwrap().status,
+        503
+    );
+    // Unready still answers reviews: in-flight and late requests must not fail.
+    let reply = client
+        .send(mutate_request(fixture("job-pod.json")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        client.send(get_request("/healthz")).await.unwrap().status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn metrics_port_serves_prometheus_text() {
+    let metrics = std::sync::Arc::new(pullsecret_injector::metrics::Metrics::new());
+    metrics.review(
+        pullsecret_injector::admission::Outcome::Patched,
+        0.0001,
+        &["gar-pull".to_owned()],
+        0,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(pullsecret_injector::server::serve_metrics(
+        listener,
+        metrics,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(get_request("/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        text.contains("pullsecret_injector_admission_reviews_total{outcome=\"patched\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pullsecret_injector_secrets_injected_total{secret=\"gar-pull\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE pullsecret_injector_admission_review_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn slow_body_gets_408_and_the_server_keeps_serving() {
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = TestServer::start(example_config(), limits).await;
+    // Send headers announcing a body, then only part of it.
+    let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (rx, mut tx) = tokio::io::split(tls);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tx.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"apiVersion\"").await.unwrap();
+    let mut rx = rx;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), rx.read(&mut buf))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let mut client = H1::connect(&server).await;
+    assert_eq!(
+        client
+            .send(mutate_request(fixture("job-pod.json")))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
