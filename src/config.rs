@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use crate::image::ImageRef;
 use crate::metrics::Metrics;
@@ -179,12 +180,15 @@ fn one_line(e: &impl std::fmt::Display) -> String {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Config>,
+    /// Counts reloads, so the sync can react to a new config.
+    generation: watch::Sender<u64>,
 }
 
 impl ConfigStore {
     pub fn new(config: Config) -> Self {
         Self {
             current: ArcSwap::from_pointee(config),
+            generation: watch::Sender::new(0),
         }
     }
 
@@ -194,6 +198,12 @@ impl ConfigStore {
 
     pub fn store(&self, config: Config) {
         self.current.store(Arc::new(config));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Notified after every [`store`](Self::store).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Re-reads `path` whenever it (or the ConfigMap's `..data` link beside it) changes. A

@@ -16,3 +16,7 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const APP_NAME: &str = "pullsecret-injector";
 /// Server-side apply field manager.
 pub const FIELD_MANAGER: &str = "pullsecret-injector";
+/// Annotation on a Secret copy: `<namespace>/<name>` of its source.
+pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
+/// Annotation on a Secret copy: `sha256:<hex>` of the source's type and data.
+pub const SOURCE_HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";

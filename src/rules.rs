@@ -216,7 +216,7 @@ impl fmt::Display for Rule {
 }
 
 /// Secret names are DNS subdomains (RFC 1123).
-fn validate_secret_name(name: &str) -> Result<(), RuleError> {
+pub fn validate_secret_name(name: &str) -> Result<(), RuleError> {
     if name.is_empty() {
         return Err(RuleError::EmptySecret);
     }

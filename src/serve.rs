@@ -57,6 +57,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let listener = server::bind(args.listen).await?;
     let metrics_listener = server::bind(args.metrics_listen).await?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let metrics_listen = metrics_listener.local_addr().unwrap_or(args.metrics_listen);
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
@@ -106,8 +108,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     ready.store(true, Ordering::Release);
     tracing::info!(
-        listen = %listener.local_addr().unwrap_or(args.listen),
-        metrics = %args.metrics_listen,
+        listen = %listen,
+        metrics = %metrics_listen,
         ready_ms = started.elapsed().as_millis() as u64,
         "serving"
     );

@@ -42,6 +42,9 @@ pub struct Limits {
     /// How long an HTTP/1.1 connection may wait for the next request head. Longer than the
     /// API server's own 90 s idle timeout, so we never close a connection it is about to reuse.
     pub idle_timeout: Duration,
+    /// When draining starts, how long connections accepted just before may still send their
+    /// request (answered with `Connection: close`) before idle ones are closed.
+    pub drain_linger: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            drain_linger: Duration::from_millis(500),
         }
     }
 }
@@ -69,6 +73,10 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            close_when_unready,
+        ))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -94,6 +102,25 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
             }
         }),
     )
+}
+
+/// Once shutdown has begun, every HTTP/1.1 answer carries `Connection: close`: the client
+/// (the API server keeps idle connections to a terminating pod) opens its next connection
+/// elsewhere, and no idle connection is left to race with the final close.
+async fn close_when_unready(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() <= http::Version::HTTP_11;
+    let mut response = next.run(request).await;
+    if http1 && !state.ready.load(Ordering::Acquire) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -270,7 +297,13 @@ pub async fn serve_tls(
         connections = graceful.count(),
         "stopped accepting; draining connections"
     );
-    tokio::time::timeout(drain_timeout, graceful.shutdown())
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    if graceful.count() > 0 {
+        // A connection accepted a moment ago has its request on the way; closing it now as
+        // idle would fail that request.
+        tokio::time::sleep(limits.drain_linger.min(drain_timeout)).await;
+    }
+    tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_ok()
 }

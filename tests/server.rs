@@ -180,21 +180,36 @@ async fn health_and_readiness() {
         client.send(get_request("/readyz")).await.unwrap().status,
         200
     );
-    server.ready.store(false, Ordering::Release);
-    assert_eq!(
-        client.send(get_request("/readyz")).await.unwrap().status,
-        503
+    assert!(
+        healthz.headers.get("connection").is_none(),
+        "keep-alive while ready"
     );
-    // Unready still answers reviews: in-flight and late requests must not fail.
+    server.ready.store(false, Ordering::Release);
+    let readyz = client.send(get_request("/readyz")).await.unwrap();
+    assert_eq!(readyz.status, 503);
+    // Shutting down: the answer tells the client to take its next request elsewhere.
+    assert_eq!(readyz.headers["connection"], "close");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        client.is_closed(),
+        "the server closes the connection after that answer"
+    );
+    // Unready still answers reviews: late requests must not fail.
+    let mut client = H1::connect(&server).await;
     let reply = client
         .send(mutate_request(fixture("job-pod.json")))
         .await
         .unwrap();
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        client.send(get_request("/healthz")).await.unwrap().status,
-        200
-    );
+    assert_eq!(reply.headers["connection"], "close");
+    // HTTP/2 has no Connection header; its streams are unaffected.
+    let mut h2 = H2::connect(&server).await;
+    let reply = h2
+        .send(mutate_request(fixture("job-pod.json")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers.get("connection").is_none());
 }
 
 #[tokio::test]

@@ -230,6 +230,10 @@ impl H1 {
         Self { sender }
     }
 
+    pub fn from_sender(sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>) -> Self {
+        Self { sender }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }

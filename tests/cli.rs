@@ -1,0 +1,360 @@
+//! The binary's commands, run as a user runs them.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine as _;
+use common::data_path;
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+}
+
+fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn example_config() -> String {
+    format!("{}/examples/config.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn data(name: &str) -> String {
+    data_path(name).display().to_string()
+}
+
+#[test]
+fn create_secret_matches_kubectl_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cr<t&>\n").unwrap();
+    let out = run(
+        &[
+            "create-secret",
+            "--name",
+            "gar-pull",
+            "--server",
+            "asia-northeast1-docker.pkg.dev",
+            "--username",
+            "robot",
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        std::fs::read_to_string(data_path("secrets/basic.yaml")).unwrap()
+    );
+    assert!(
+        !stderr(&out).contains("s3cr"),
+        "password echoed: {}",
+        stderr(&out)
+    );
+
+    // The same from standard input.
+    let out = run(
+        &[
+            "create-secret",
+            "--name",
+            "gar-pull",
+            "--server",
+            "asia-northeast1-docker.pkg.dev",
+            "--username",
+            "robot",
+            "--password-stdin",
+        ],
+        Some(b"s3cr<t&>\n"),
+    );
+    assert_eq!(
+        stdout(&out),
+        std::fs::read_to_string(data_path("secrets/basic.yaml")).unwrap()
+    );
+}
+
+#[test]
+fn create_secret_with_a_gcp_key_for_two_registries() {
+    let out = run(
+        &[
+            "create-secret",
+            "--name",
+            "gar-pull",
+            "--namespace",
+            "pullsecret-injector",
+            "--server",
+            "gcr.io",
+            "--server",
+            "europe-docker.pkg.dev",
+            "--gcp-json-key",
+            &data("secrets/gcp-key.json"),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        std::fs::read_to_string(data_path("secrets/gcp.json")).unwrap()
+    );
+
+    // And the auth field decodes back to `_json_key:<key>`.
+    let secret: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let config: Value = serde_json::from_slice(
+        &b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let key = std::fs::read_to_string(data_path("secrets/gcp-key.json")).unwrap();
+    for server in ["gcr.io", "europe-docker.pkg.dev"] {
+        let entry = &config["auths"][server];
+        assert_eq!(entry["username"], "_json_key");
+        assert_eq!(entry["password"], key.trim_end());
+        let auth = String::from_utf8(b64.decode(entry["auth"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(auth, format!("_json_key:{}", key.trim_end()));
+    }
+}
+
+#[test]
+fn create_secret_refuses_bad_arguments() {
+    let cases: [&[&str]; 5] = [
+        &["create-secret", "--name", "x", "--server", "ghcr.io"],
+        &[
+            "create-secret",
+            "--name",
+            "x",
+            "--server",
+            "ghcr.io",
+            "--username",
+            "u",
+        ],
+        &[
+            "create-secret",
+            "--name",
+            "Bad_Name",
+            "--server",
+            "ghcr.io",
+            "--username",
+            "u",
+            "--password-stdin",
+        ],
+        &[
+            "create-secret",
+            "--name",
+            "x",
+            "--username",
+            "u",
+            "--password-stdin",
+        ],
+        &[
+            "create-secret",
+            "--name",
+            "x",
+            "--server",
+            "ghcr.io",
+            "--gcp-json-key",
+            "/nonexistent/key.json",
+        ],
+    ];
+    for args in cases {
+        let out = run(args, Some(b"pw\n"));
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!stderr(&out).is_empty());
+        assert!(stdout(&out).is_empty(), "{args:?} printed a manifest");
+    }
+    // A file that is not a key.
+    let out = run(
+        &[
+            "create-secret",
+            "--name",
+            "x",
+            "--server",
+            "gcr.io",
+            "--gcp-json-key",
+            &example_config(),
+        ],
+        None,
+    );
+    assert!(
+        stderr(&out).contains("not a JSON key file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn mutate_prints_patch_pod_and_review() {
+    let review = data("deployment-pod.json");
+    let out = run(&["mutate", "--config", &example_config(), &review], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let patch: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(patch[0]["path"], "/spec/imagePullSecrets");
+    assert_eq!(
+        patch[0]["value"],
+        serde_json::json!([{ "name": "gar-pull" }, { "name": "dockerhub" }])
+    );
+
+    let out = run(
+        &[
+            "mutate",
+            "--config",
+            &example_config(),
+            "--output",
+            "pod",
+            &review,
+        ],
+        None,
+    );
+    let pod: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["spec"]["imagePullSecrets"][1]["name"], "dockerhub");
+
+    let out = run(
+        &[
+            "mutate",
+            "--config",
+            &example_config(),
+            "-o",
+            "review",
+            &review,
+        ],
+        None,
+    );
+    let answer: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        answer["response"]["uid"],
+        "bf1d8bee-677e-4b16-94b4-17e425478863"
+    );
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+}
+
+#[test]
+fn mutate_reads_a_yaml_pod_from_stdin() {
+    let pod = b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n    - name: c\n      image: ghcr.io/acme/api:1\n  imagePullSecrets:\n    - name: mine\n";
+    let out = run(
+        &["mutate", "--config", &example_config(), "-o", "pod", "-"],
+        Some(pod),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pod: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        serde_json::json!([{ "name": "mine" }, { "name": "ghcr-acme" }])
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["pullsecret-injector.io/injected"],
+        "ghcr-acme"
+    );
+
+    let nothing = b"kind: Pod\nspec:\n  containers:\n    - image: quay.io/x/y\n";
+    let out = run(
+        &["mutate", "--config", &example_config(), "-"],
+        Some(nothing),
+    );
+    assert_eq!(stdout(&out).trim(), "[]");
+}
+
+#[test]
+fn mutate_refuses_other_documents() {
+    let out = run(
+        &["mutate", "--config", &example_config(), "-"],
+        Some(b"kind: Deployment\n"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expected a Pod or an AdmissionReview"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &["mutate", "--config", &example_config(), "-"],
+        Some(b"{not yaml"),
+    );
+    assert!(!out.status.success());
+    let out = run(
+        &["mutate", "--config", &example_config(), "-"],
+        Some(b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}"),
+    );
+    assert!(stderr(&out).contains("no request"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_config_prints_rules_and_warnings() {
+    let out = run(&["check-config", &example_config()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("5 rule(s), 4 secret(s)"), "{text}");
+    assert!(text.contains("2. *.pkg.dev -> gar-pull"), "{text}");
+    assert!(!text.contains("warning"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "registries:\n  - match: https://index.docker.io/v1/\n    secret: hub\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("1. docker.io -> hub"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("warning: rule 1 (match \"https://index.docker.io/v1/\"): the https:// scheme is ignored"), "{}", stdout(&out));
+
+    std::fs::write(&file, "registries:\n  - match: ghcr.io\n    secret: ok\n  - match: ghcr.io:http\n    secret: bad\n").unwrap();
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("rule 2 (match \"ghcr.io:http\"): port \"http\" is not a number"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = run(&["--help"], None);
+    let text = stdout(&out);
+    for command in ["serve", "mutate", "check-config", "create-secret"] {
+        assert!(text.contains(command), "{text}");
+    }
+    let out = run(&["serve", "--help"], None);
+    let text = stdout(&out);
+    for flag in [
+        "--config",
+        "--tls-cert",
+        "--tls-key",
+        "--listen",
+        "--metrics-listen",
+        "--namespace",
+        "--no-sync",
+        "PSI_CONFIG",
+        "PSI_NO_SYNC",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from serve --help");
+    }
+}
