@@ -107,13 +107,19 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(config: Config, limits: Limits) -> Self {
         let pair = tls::self_signed(&["localhost", "127.0.0.1"]).expect("test certificate");
-        let key = tls::certified_key(
-            pair.cert_pem.as_bytes(),
-            pair.key_pem.as_bytes(),
-            "cert",
-            "key",
-        )
-        .unwrap();
+        Self::start_with(config, limits, &pair.cert_pem, &pair.key_pem, &pair.ca_pem).await
+    }
+
+    /// Serves with the given certificate chain and key; `ca_pem` is what clients will trust.
+    pub async fn start_with(
+        config: Config,
+        limits: Limits,
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+    ) -> Self {
+        let key = tls::certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), "cert", "key")
+            .expect("usable certificate and key");
         let resolver = Arc::new(CertResolver::new(key));
         let metrics = Arc::new(Metrics::new());
         let ready = Arc::new(AtomicBool::new(true));
@@ -140,7 +146,7 @@ impl TestServer {
         ));
         Self {
             addr,
-            ca_pem: pair.ca_pem,
+            ca_pem: ca_pem.to_owned(),
             metrics,
             ready,
             resolver,

@@ -1,0 +1,48 @@
+//! The baseline of the load benchmark: a minimal rustls + hyper server that reads the body and
+//! returns one fixed AdmissionReview answer, with the same TLS, ALPN and HTTP stack as the
+//! webhook. The webhook's overhead is measured against it (benches/load.sh).
+//!
+//! `cargo run --release --example fixed_answer -- 127.0.0.1:9443 cert.pem key.pem`
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use pullsecret_injector::tls::{self, CertResolver};
+
+const ANSWER: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"00000000-0000-0000-0000-000000000000","allowed":true}}"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(addr), Some(cert), Some(key)) = (args.next(), args.next(), args.next()) else {
+        anyhow::bail!("usage: fixed_answer ADDR CERT KEY");
+    };
+    let pair = tls::load_files(cert.as_ref(), key.as_ref())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(Arc::new(CertResolver::new(pair))));
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    eprintln!("fixed_answer listening on {}", listener.local_addr()?);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let _ = request.into_body().collect().await;
+                Ok::<_, hyper::Error>(
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(ANSWER)))
+                        .unwrap_or_default(),
+                )
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,315 @@
+//! The Helm chart and certs-scripts: rendered with the real `helm`, validated with
+//! `kubernetes-validate`, and the certificates they make served by the real server.
+//!
+//! These need `helm` and `kubernetes-validate` on PATH (`.ci/run` installs both). Without
+//! them a test says it is skipped and passes, except under CI, where it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use common::*;
+use pullsecret_injector::server::Limits;
+use serde_json::Value;
+
+fn chart_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/pullsecret-injector")
+}
+
+/// The tool's path, or None (and a note) when it is not installed outside CI.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "{name} is required under CI (.ci/run installs it)");
+        eprintln!("SKIPPED: {name} is not installed (bash .ci/run installs it)");
+    }
+    found
+}
+
+/// `helm template` with `args`; Err(stderr) when helm refuses.
+fn template(helm: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm)
+        .args(["template", "psi", chart_dir().to_str().unwrap(), "--namespace", "pullsecret-injector"])
+        .args(args)
+        .output()
+        .expect("helm runs");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+fn ci_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart_dir().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+const DEFAULT_VALUES: &str = "ci/default-values.yaml";
+
+fn render_default(helm: &Path) -> Vec<Value> {
+    let values = chart_dir().join(DEFAULT_VALUES);
+    documents(&template(helm, &["-f", values.to_str().unwrap()]).expect("renders"))
+}
+
+#[test]
+fn lint_and_every_values_file_renders_manifests_that_validate() {
+    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut values: Vec<Option<PathBuf>> = vec![None];
+    values.extend(ci_values().into_iter().map(Some));
+    assert!(values.len() >= 7, "a values file per cert mode and option set");
+    for file in values {
+        let mut args = vec![];
+        let file_str = file.as_ref().map(|f| f.display().to_string());
+        if let Some(f) = &file_str {
+            args.extend(["-f", f.as_str()]);
+        }
+        let lint = Command::new(&helm).args(["lint", "--strict", chart_dir().to_str().unwrap()]).args(&args).output().unwrap();
+        assert!(lint.status.success(), "helm lint {file_str:?}: {}", String::from_utf8_lossy(&lint.stdout));
+        let rendered = template(&helm, &args).unwrap_or_else(|e| panic!("{file_str:?}: {e}"));
+        let out = dir.path().join("rendered.yaml");
+        std::fs::write(&out, &rendered).unwrap();
+        let check = Command::new(&validate).args(["--strict", "--quiet"]).arg(&out).output().unwrap();
+        assert!(
+            check.status.success(),
+            "{file_str:?}: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
+
+#[test]
+fn schema_refuses_misspelt_keys_and_bad_values() {
+    let Some(helm) = tool("helm") else { return };
+    for bad in ["replicaCountt=3", "webhook.failurePolicyy=Fail", "certs.mode=vault", "webhook.failurePolicy=Deny", "registries[0].matches=ghcr.io", "pullSecrets.Bad_Name.username=u"] {
+        let error = template(&helm, &["--set", bad]).expect_err(bad);
+        assert!(error.contains("values don't meet the specifications") || error.contains("additional properties") || error.contains("at '"), "{bad}: {error}");
+    }
+    assert!(template(&helm, &["--set", "webhook.failurePolicy=Fail"]).is_ok());
+}
+
+#[tokio::test]
+async fn webhook_points_at_the_port_and_path_the_server_serves() {
+    let Some(helm) = tool("helm") else { return };
+    let docs = render_default(&helm);
+    let webhook = &find(&docs, "MutatingWebhookConfiguration")["webhooks"][0];
+    let service_ref = &webhook["clientConfig"]["service"];
+    let service = find(&docs, "Service");
+    assert_eq!(service_ref["name"], service["metadata"]["name"]);
+    assert_eq!(service_ref["namespace"], "pullsecret-injector");
+    let port = service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["port"] == service_ref["port"]).expect("the Service has the webhook's port");
+    let container = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let target = container["ports"].as_array().unwrap().iter().find(|p| p["name"] == port["targetPort"]).expect("the targetPort names a container port");
+    let listen = format!("--listen=0.0.0.0:{}", target["containerPort"]);
+    assert!(container["args"].as_array().unwrap().iter().any(|a| *a == listen), "the server listens on the container port");
+
+    // The path, and the probes' paths, exist on the real server.
+    let server = TestServer::start(example_config(), Limits::default()).await;
+    let mut client = H1::connect(&server).await;
+    let path = webhook["clientConfig"]["service"]["path"].as_str().unwrap();
+    let request = hyper::Request::post(format!("https://localhost{path}?timeout=2s"))
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(fixture("job-pod.json"))))
+        .unwrap();
+    assert_eq!(client.send(request).await.unwrap().status, 200);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["scheme"], "HTTPS");
+        assert_eq!(get["port"], "https");
+        let reply = client.send(get_request(get["path"].as_str().unwrap())).await.unwrap();
+        assert_eq!(reply.status, 200, "{probe}");
+    }
+
+    // The rest of the webhook contract.
+    assert_eq!(webhook["failurePolicy"], "Ignore");
+    assert_eq!(webhook["timeoutSeconds"], 2);
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(webhook["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(webhook["matchPolicy"], "Equivalent");
+    assert_eq!(webhook["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(webhook["rules"], serde_json::json!([{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced" }]));
+    let selector = &webhook["namespaceSelector"]["matchExpressions"];
+    assert_eq!(selector[0], serde_json::json!({ "key": "pullsecret-injector.io/inject", "operator": "In", "values": ["enabled"] }));
+    assert_eq!(selector[1]["operator"], "NotIn");
+    assert_eq!(selector[1]["values"], serde_json::json!(["kube-system", "pullsecret-injector"]));
+}
+
+#[test]
+fn mirror_pods_are_skipped_by_match_conditions_from_1_28() {
+    let Some(helm) = tool("helm") else { return };
+    let webhook = |version: &str| {
+        let docs = documents(&template(&helm, &["--kube-version", version]).unwrap());
+        find(&docs, "MutatingWebhookConfiguration")["webhooks"][0].clone()
+    };
+    assert!(webhook("1.27.0").get("matchConditions").is_none());
+    let conditions = webhook("1.30.0")["matchConditions"].clone();
+    assert!(conditions[0]["expression"].as_str().unwrap().contains("kubernetes.io/config.mirror"));
+}
+
+#[test]
+fn pod_template_meets_restricted_pod_security() {
+    let Some(helm) = tool("helm") else { return };
+    for file in ci_values() {
+        let docs = documents(&template(&helm, &["-f", file.to_str().unwrap()]).unwrap());
+        let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        for key in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod.get(key).is_none_or(|v| *v == false), "{key}");
+        }
+        for volume in pod["volumes"].as_array().unwrap() {
+            assert!(volume.get("hostPath").is_none());
+        }
+        for container in pod["containers"].as_array().unwrap() {
+            let sc = &container["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false);
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+            assert!(sc["capabilities"].get("add").is_none());
+            assert!(sc.get("privileged").is_none_or(|v| *v == false));
+            assert!(container["resources"]["limits"]["memory"].is_string());
+        }
+    }
+}
+
+#[test]
+fn rbac_reaches_secrets_by_name_only() {
+    let Some(helm) = tool("helm") else { return };
+    let docs = render_default(&helm);
+    let role = find(&docs, "ClusterRole");
+    for rule in role["rules"].as_array().unwrap() {
+        if rule["resources"] == serde_json::json!(["secrets"]) {
+            let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            assert!(!verbs.contains(&"list") && !verbs.contains(&"watch"), "no list/watch of Secrets cluster-wide: {rule}");
+            if verbs != ["create"] {
+                assert_eq!(rule["resourceNames"], serde_json::json!(["ghcr-acme", "dockerhub"]), "{rule}");
+            }
+        }
+    }
+    let own = find(&docs, "Role");
+    assert_eq!(own["metadata"]["namespace"], "pullsecret-injector");
+}
+
+#[test]
+fn disruption_budget_only_with_several_replicas() {
+    let Some(helm) = tool("helm") else { return };
+    let count = |args: &[&str]| documents(&template(&helm, args).unwrap()).iter().filter(|d| d["kind"] == "PodDisruptionBudget").count();
+    assert_eq!(count(&[]), 1);
+    assert_eq!(count(&["--set", "replicaCount=1"]), 0);
+    let docs = documents(&template(&helm, &[]).unwrap());
+    assert_eq!(find(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+}
+
+#[test]
+fn pull_secrets_from_values_carry_the_credentials() {
+    let Some(helm) = tool("helm") else { return };
+    let docs = render_default(&helm);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "ghcr-acme").expect("ghcr-acme Secret");
+    assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+    let config: Value = serde_json::from_slice(&b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap()).unwrap()).unwrap();
+    let entry = &config["auths"]["ghcr.io/acme"];
+    assert_eq!(entry["username"], "acme-bot");
+    assert_eq!(entry["password"], "not-a-real-token");
+    assert_eq!(b64.decode(entry["auth"].as_str().unwrap()).unwrap(), b"acme-bot:not-a-real-token");
+
+    let gcp = documents(&template(&helm, &["-f", chart_dir().join("ci/gcp-values.yaml").to_str().unwrap()]).unwrap());
+    let secret = gcp.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "gar-pull").expect("gar-pull Secret");
+    let config: Value = serde_json::from_slice(&b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap()).unwrap()).unwrap();
+    for server in ["asia-northeast1-docker.pkg.dev", "us-docker.pkg.dev"] {
+        assert_eq!(config["auths"][server]["username"], "_json_key");
+        let key: Value = serde_json::from_str(config["auths"][server]["password"].as_str().unwrap()).expect("the key file JSON");
+        assert_eq!(key["type"], "service_account");
+    }
+    // existingSecret: nothing rendered for it.
+    let cm = documents(&template(&helm, &["-f", chart_dir().join("ci/certmanager-values.yaml").to_str().unwrap()]).unwrap());
+    assert!(!cm.iter().any(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "local-registry"));
+    let missing = template(&helm, &["--set", "registries[0].match=ghcr.io", "--set", "registries[0].secret=s", "--set", "pullSecrets.s.username=u"]);
+    assert!(missing.expect_err("no password").contains("pullSecrets.s"));
+}
+
+fn service_names() -> [&'static str; 4] {
+    ["psi-pullsecret-injector", "psi-pullsecret-injector.pullsecret-injector", "psi-pullsecret-injector.pullsecret-injector.svc", "psi-pullsecret-injector.pullsecret-injector.svc.cluster.local"]
+}
+
+#[tokio::test]
+async fn helm_made_certificate_serves_every_service_name() {
+    let Some(helm) = tool("helm") else { return };
+    let docs = render_default(&helm);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let tls = docs.iter().find(|d| d["type"] == "kubernetes.io/tls").expect("TLS Secret");
+    let pem = |key: &str| String::from_utf8(b64.decode(tls["data"][key].as_str().unwrap()).unwrap()).unwrap();
+    let ca_bundle = find(&docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap().to_owned();
+    let ca = String::from_utf8(b64.decode(&ca_bundle).unwrap()).unwrap();
+    assert_eq!(ca, pem("ca.crt"), "the webhook trusts the CA of the served certificate");
+    assert!(pem("tls.key").contains("EC PRIVATE KEY"), "ECDSA key for cheap handshakes");
+    let server = TestServer::start_with(example_config(), Limits::default(), &pem("tls.crt"), &pem("tls.key"), &ca).await;
+    for name in service_names() {
+        assert!(tls_connect(server.addr, &ca, name, &[b"http/1.1"]).await.is_ok(), "{name}");
+    }
+    assert!(tls_connect(server.addr, &ca, "other.pullsecret-injector.svc", &[b"http/1.1"]).await.is_err());
+}
+
+#[tokio::test]
+async fn gen_certs_script_certificates_verify_for_every_san_and_are_served() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs-scripts/gen-certs.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let run = |args: &[&str]| Command::new("bash").arg(&script).args(args).output().expect("bash runs");
+    let made = run(&["--service", "psi-pullsecret-injector", "--namespace", "pullsecret-injector", "--host", "127.0.0.1", "--host", "localhost", "--out", out.to_str().unwrap()]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let ca_bundle = String::from_utf8(made.stdout).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    assert_eq!(String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap(), read("ca.crt"), "stdout is the caBundle");
+
+    let server = TestServer::start_with(example_config(), Limits::default(), &read("tls.crt"), &read("tls.key"), &read("ca.crt")).await;
+    for name in service_names().into_iter().chain(["127.0.0.1", "localhost"]) {
+        let tls = tls_connect(server.addr, &read("ca.crt"), name, &[b"http/1.1"]).await;
+        assert!(tls.is_ok(), "{name}: {:?}", tls.err());
+    }
+    assert!(tls_connect(server.addr, &read("ca.crt"), "example.com", &[b"http/1.1"]).await.is_err());
+    let mut client = H1::connect_to(server.addr, &read("ca.crt")).await;
+    assert_eq!(client.send(mutate_request(fixture("job-pod.json"))).await.unwrap().status, 200);
+
+    // Existing keys are kept unless --force.
+    let again = run(&["--host", "localhost", "--out", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(read("ca.crt"), String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap());
+    let forced = run(&["--host", "localhost", "--out", out.to_str().unwrap(), "--force"]);
+    assert!(forced.status.success());
+    assert_ne!(read("ca.crt"), String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap());
+
+    // Bad arguments: a usage line and exit 2, nothing written.
+    for bad in [&["--service", "x"][..], &["--bogus"], &[], &["--host", "bad host"], &["--service", "Bad_Name", "--namespace", "ns"], &["--host", "h", "--days", "0"]] {
+        let refused = run(bad);
+        assert_eq!(refused.status.code(), Some(2), "{bad:?}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("usage: gen-certs.sh"), "{bad:?}");
+        assert!(refused.stdout.is_empty());
+    }
+}
