@@ -22,7 +22,10 @@ fn bench(c: &mut Criterion) {
     let cases = [
         ("small-pod", read("tests/data/job-pod.json")),
         ("deployment-pod", read("tests/data/deployment-pod.json")),
-        ("thirty-container-pod", read("tests/data/thirty-container-pod.json")),
+        (
+            "thirty-container-pod",
+            read("tests/data/thirty-container-pod.json"),
+        ),
     ];
     for (name, body) in &cases {
         let mut group = c.benchmark_group(*name);

@@ -22,7 +22,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: fixed_answer ADDR CERT KEY");
     };
     let pair = tls::load_files(cert.as_ref(), key.as_ref())?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(Arc::new(CertResolver::new(pair))));
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(tls::server_config(Arc::new(CertResolver::new(pair))));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("fixed_answer listening on {}", listener.local_addr()?);
     loop {
@@ -30,16 +31,19 @@ async fn main() -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
-            let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
-                let _ = request.into_body().collect().await;
-                Ok::<_, hyper::Error>(
-                    Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(ANSWER)))
-                        .unwrap_or_default(),
-                )
-            });
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service =
+                hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let _ = request.into_body().collect().await;
+                    Ok::<_, hyper::Error>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(ANSWER)))
+                            .unwrap_or_default(),
+                    )
+                });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
                 .await;

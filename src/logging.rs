@@ -15,9 +15,12 @@ pub fn init(args: &LogArgs) {
         );
         EnvFilter::new("info")
     });
+    // A closed or full log pipe must never take the server down: without this, a failed
+    // write makes tracing-subscriber `eprintln!`, which panics the task that logged.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),

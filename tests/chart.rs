@@ -21,10 +21,15 @@ fn chart_dir() -> PathBuf {
 /// The tool's path, or None (and a note) when it is not installed outside CI.
 fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "{name} is required under CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is required under CI (.ci/run installs it)"
+        );
         eprintln!("SKIPPED: {name} is not installed (bash .ci/run installs it)");
     }
     found
@@ -33,7 +38,13 @@ fn tool(name: &str) -> Option<PathBuf> {
 /// `helm template` with `args`; Err(stderr) when helm refuses.
 fn template(helm: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(helm)
-        .args(["template", "psi", chart_dir().to_str().unwrap(), "--namespace", "pullsecret-injector"])
+        .args([
+            "template",
+            "psi",
+            chart_dir().to_str().unwrap(),
+            "--namespace",
+            "pullsecret-injector",
+        ])
         .args(args)
         .output()
         .expect("helm runs");
@@ -53,7 +64,9 @@ fn documents(yaml: &str) -> Vec<Value> {
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
 fn ci_values() -> Vec<PathBuf> {
@@ -75,23 +88,40 @@ fn render_default(helm: &Path) -> Vec<Value> {
 
 #[test]
 fn lint_and_every_values_file_renders_manifests_that_validate() {
-    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else { return };
+    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut values: Vec<Option<PathBuf>> = vec![None];
     values.extend(ci_values().into_iter().map(Some));
-    assert!(values.len() >= 7, "a values file per cert mode and option set");
+    assert!(
+        values.len() >= 7,
+        "a values file per cert mode and option set"
+    );
     for file in values {
         let mut args = vec![];
         let file_str = file.as_ref().map(|f| f.display().to_string());
         if let Some(f) = &file_str {
             args.extend(["-f", f.as_str()]);
         }
-        let lint = Command::new(&helm).args(["lint", "--strict", chart_dir().to_str().unwrap()]).args(&args).output().unwrap();
-        assert!(lint.status.success(), "helm lint {file_str:?}: {}", String::from_utf8_lossy(&lint.stdout));
+        let lint = Command::new(&helm)
+            .args(["lint", "--strict", chart_dir().to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            lint.status.success(),
+            "helm lint {file_str:?}: {}",
+            String::from_utf8_lossy(&lint.stdout)
+        );
         let rendered = template(&helm, &args).unwrap_or_else(|e| panic!("{file_str:?}: {e}"));
         let out = dir.path().join("rendered.yaml");
         std::fs::write(&out, &rendered).unwrap();
-        let check = Command::new(&validate).args(["--strict", "--quiet"]).arg(&out).output().unwrap();
+        let check = Command::new(&validate)
+            .args(["--strict", "--quiet"])
+            .arg(&out)
+            .output()
+            .unwrap();
         assert!(
             check.status.success(),
             "{file_str:?}: {}{}",
@@ -104,9 +134,21 @@ fn lint_and_every_values_file_renders_manifests_that_validate() {
 #[test]
 fn schema_refuses_misspelt_keys_and_bad_values() {
     let Some(helm) = tool("helm") else { return };
-    for bad in ["replicaCountt=3", "webhook.failurePolicyy=Fail", "certs.mode=vault", "webhook.failurePolicy=Deny", "registries[0].matches=ghcr.io", "pullSecrets.Bad_Name.username=u"] {
+    for bad in [
+        "replicaCountt=3",
+        "webhook.failurePolicyy=Fail",
+        "certs.mode=vault",
+        "webhook.failurePolicy=Deny",
+        "registries[0].matches=ghcr.io",
+        "pullSecrets.Bad_Name.username=u",
+    ] {
         let error = template(&helm, &["--set", bad]).expect_err(bad);
-        assert!(error.contains("values don't meet the specifications") || error.contains("additional properties") || error.contains("at '"), "{bad}: {error}");
+        assert!(
+            error.contains("values don't meet the specifications")
+                || error.contains("additional properties")
+                || error.contains("at '"),
+            "{bad}: {error}"
+        );
     }
     assert!(template(&helm, &["--set", "webhook.failurePolicy=Fail"]).is_ok());
 }
@@ -120,11 +162,28 @@ async fn webhook_points_at_the_port_and_path_the_server_serves() {
     let service = find(&docs, "Service");
     assert_eq!(service_ref["name"], service["metadata"]["name"]);
     assert_eq!(service_ref["namespace"], "pullsecret-injector");
-    let port = service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["port"] == service_ref["port"]).expect("the Service has the webhook's port");
+    let port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == service_ref["port"])
+        .expect("the Service has the webhook's port");
     let container = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
-    let target = container["ports"].as_array().unwrap().iter().find(|p| p["name"] == port["targetPort"]).expect("the targetPort names a container port");
+    let target = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port["targetPort"])
+        .expect("the targetPort names a container port");
     let listen = format!("--listen=0.0.0.0:{}", target["containerPort"]);
-    assert!(container["args"].as_array().unwrap().iter().any(|a| *a == listen), "the server listens on the container port");
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| *a == listen),
+        "the server listens on the container port"
+    );
 
     // The path, and the probes' paths, exist on the real server.
     let server = TestServer::start(example_config(), Limits::default()).await;
@@ -133,14 +192,19 @@ async fn webhook_points_at_the_port_and_path_the_server_serves() {
     let request = hyper::Request::post(format!("https://localhost{path}?timeout=2s"))
         .header("host", "localhost")
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(fixture("job-pod.json"))))
+        .body(http_body_util::Full::new(bytes::Bytes::from(fixture(
+            "job-pod.json",
+        ))))
         .unwrap();
     assert_eq!(client.send(request).await.unwrap().status, 200);
     for probe in ["livenessProbe", "readinessProbe"] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["scheme"], "HTTPS");
         assert_eq!(get["port"], "https");
-        let reply = client.send(get_request(get["path"].as_str().unwrap())).await.unwrap();
+        let reply = client
+            .send(get_request(get["path"].as_str().unwrap()))
+            .await
+            .unwrap();
         assert_eq!(reply.status, 200, "{probe}");
     }
 
@@ -150,12 +214,24 @@ async fn webhook_points_at_the_port_and_path_the_server_serves() {
     assert_eq!(webhook["sideEffects"], "None");
     assert_eq!(webhook["reinvocationPolicy"], "IfNeeded");
     assert_eq!(webhook["matchPolicy"], "Equivalent");
-    assert_eq!(webhook["admissionReviewVersions"], serde_json::json!(["v1"]));
-    assert_eq!(webhook["rules"], serde_json::json!([{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced" }]));
+    assert_eq!(
+        webhook["admissionReviewVersions"],
+        serde_json::json!(["v1"])
+    );
+    assert_eq!(
+        webhook["rules"],
+        serde_json::json!([{ "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced" }])
+    );
     let selector = &webhook["namespaceSelector"]["matchExpressions"];
-    assert_eq!(selector[0], serde_json::json!({ "key": "pullsecret-injector.io/inject", "operator": "In", "values": ["enabled"] }));
+    assert_eq!(
+        selector[0],
+        serde_json::json!({ "key": "pullsecret-injector.io/inject", "operator": "In", "values": ["enabled"] })
+    );
     assert_eq!(selector[1]["operator"], "NotIn");
-    assert_eq!(selector[1]["values"], serde_json::json!(["kube-system", "pullsecret-injector"]));
+    assert_eq!(
+        selector[1]["values"],
+        serde_json::json!(["kube-system", "pullsecret-injector"])
+    );
 }
 
 #[test]
@@ -167,7 +243,12 @@ fn mirror_pods_are_skipped_by_match_conditions_from_1_28() {
     };
     assert!(webhook("1.27.0").get("matchConditions").is_none());
     let conditions = webhook("1.30.0")["matchConditions"].clone();
-    assert!(conditions[0]["expression"].as_str().unwrap().contains("kubernetes.io/config.mirror"));
+    assert!(
+        conditions[0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("kubernetes.io/config.mirror")
+    );
 }
 
 #[test]
@@ -177,7 +258,10 @@ fn pod_template_meets_restricted_pod_security() {
         let docs = documents(&template(&helm, &["-f", file.to_str().unwrap()]).unwrap());
         let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         for key in ["hostNetwork", "hostPID", "hostIPC"] {
             assert!(pod.get(key).is_none_or(|v| *v == false), "{key}");
         }
@@ -203,10 +287,22 @@ fn rbac_reaches_secrets_by_name_only() {
     let role = find(&docs, "ClusterRole");
     for rule in role["rules"].as_array().unwrap() {
         if rule["resources"] == serde_json::json!(["secrets"]) {
-            let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-            assert!(!verbs.contains(&"list") && !verbs.contains(&"watch"), "no list/watch of Secrets cluster-wide: {rule}");
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert!(
+                !verbs.contains(&"list") && !verbs.contains(&"watch"),
+                "no list/watch of Secrets cluster-wide: {rule}"
+            );
             if verbs != ["create"] {
-                assert_eq!(rule["resourceNames"], serde_json::json!(["ghcr-acme", "dockerhub"]), "{rule}");
+                assert_eq!(
+                    rule["resourceNames"],
+                    serde_json::json!(["ghcr-acme", "dockerhub"]),
+                    "{rule}"
+                );
             }
         }
     }
@@ -217,11 +313,19 @@ fn rbac_reaches_secrets_by_name_only() {
 #[test]
 fn disruption_budget_only_with_several_replicas() {
     let Some(helm) = tool("helm") else { return };
-    let count = |args: &[&str]| documents(&template(&helm, args).unwrap()).iter().filter(|d| d["kind"] == "PodDisruptionBudget").count();
+    let count = |args: &[&str]| {
+        documents(&template(&helm, args).unwrap())
+            .iter()
+            .filter(|d| d["kind"] == "PodDisruptionBudget")
+            .count()
+    };
     assert_eq!(count(&[]), 1);
     assert_eq!(count(&["--set", "replicaCount=1"]), 0);
     let docs = documents(&template(&helm, &[]).unwrap());
-    assert_eq!(find(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        1
+    );
 }
 
 #[test]
@@ -229,31 +333,89 @@ fn pull_secrets_from_values_carry_the_credentials() {
     let Some(helm) = tool("helm") else { return };
     let docs = render_default(&helm);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "ghcr-acme").expect("ghcr-acme Secret");
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "ghcr-acme")
+        .expect("ghcr-acme Secret");
     assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
-    let config: Value = serde_json::from_slice(&b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap()).unwrap()).unwrap();
+    let config: Value = serde_json::from_slice(
+        &b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     let entry = &config["auths"]["ghcr.io/acme"];
     assert_eq!(entry["username"], "acme-bot");
     assert_eq!(entry["password"], "not-a-real-token");
-    assert_eq!(b64.decode(entry["auth"].as_str().unwrap()).unwrap(), b"acme-bot:not-a-real-token");
+    assert_eq!(
+        b64.decode(entry["auth"].as_str().unwrap()).unwrap(),
+        b"acme-bot:not-a-real-token"
+    );
 
-    let gcp = documents(&template(&helm, &["-f", chart_dir().join("ci/gcp-values.yaml").to_str().unwrap()]).unwrap());
-    let secret = gcp.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "gar-pull").expect("gar-pull Secret");
-    let config: Value = serde_json::from_slice(&b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap()).unwrap()).unwrap();
+    let gcp = documents(
+        &template(
+            &helm,
+            &[
+                "-f",
+                chart_dir().join("ci/gcp-values.yaml").to_str().unwrap(),
+            ],
+        )
+        .unwrap(),
+    );
+    let secret = gcp
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "gar-pull")
+        .expect("gar-pull Secret");
+    let config: Value = serde_json::from_slice(
+        &b64.decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     for server in ["asia-northeast1-docker.pkg.dev", "us-docker.pkg.dev"] {
         assert_eq!(config["auths"][server]["username"], "_json_key");
-        let key: Value = serde_json::from_str(config["auths"][server]["password"].as_str().unwrap()).expect("the key file JSON");
+        let key: Value =
+            serde_json::from_str(config["auths"][server]["password"].as_str().unwrap())
+                .expect("the key file JSON");
         assert_eq!(key["type"], "service_account");
     }
     // existingSecret: nothing rendered for it.
-    let cm = documents(&template(&helm, &["-f", chart_dir().join("ci/certmanager-values.yaml").to_str().unwrap()]).unwrap());
-    assert!(!cm.iter().any(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "local-registry"));
-    let missing = template(&helm, &["--set", "registries[0].match=ghcr.io", "--set", "registries[0].secret=s", "--set", "pullSecrets.s.username=u"]);
+    let cm = documents(
+        &template(
+            &helm,
+            &[
+                "-f",
+                chart_dir()
+                    .join("ci/certmanager-values.yaml")
+                    .to_str()
+                    .unwrap(),
+            ],
+        )
+        .unwrap(),
+    );
+    assert!(
+        !cm.iter()
+            .any(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "local-registry")
+    );
+    let missing = template(
+        &helm,
+        &[
+            "--set",
+            "registries[0].match=ghcr.io",
+            "--set",
+            "registries[0].secret=s",
+            "--set",
+            "pullSecrets.s.username=u",
+        ],
+    );
     assert!(missing.expect_err("no password").contains("pullSecrets.s"));
 }
 
 fn service_names() -> [&'static str; 4] {
-    ["psi-pullsecret-injector", "psi-pullsecret-injector.pullsecret-injector", "psi-pullsecret-injector.pullsecret-injector.svc", "psi-pullsecret-injector.pullsecret-injector.svc.cluster.local"]
+    [
+        "psi-pullsecret-injector",
+        "psi-pullsecret-injector.pullsecret-injector",
+        "psi-pullsecret-injector.pullsecret-injector.svc",
+        "psi-pullsecret-injector.pullsecret-injector.svc.cluster.local",
+    ]
 }
 
 #[tokio::test]
@@ -261,17 +423,54 @@ async fn helm_made_certificate_serves_every_service_name() {
     let Some(helm) = tool("helm") else { return };
     let docs = render_default(&helm);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let tls = docs.iter().find(|d| d["type"] == "kubernetes.io/tls").expect("TLS Secret");
-    let pem = |key: &str| String::from_utf8(b64.decode(tls["data"][key].as_str().unwrap()).unwrap()).unwrap();
-    let ca_bundle = find(&docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap().to_owned();
+    let tls = docs
+        .iter()
+        .find(|d| d["type"] == "kubernetes.io/tls")
+        .expect("TLS Secret");
+    let pem = |key: &str| {
+        String::from_utf8(b64.decode(tls["data"][key].as_str().unwrap()).unwrap()).unwrap()
+    };
+    let ca_bundle =
+        find(&docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     let ca = String::from_utf8(b64.decode(&ca_bundle).unwrap()).unwrap();
-    assert_eq!(ca, pem("ca.crt"), "the webhook trusts the CA of the served certificate");
-    assert!(pem("tls.key").contains("EC PRIVATE KEY"), "ECDSA key for cheap handshakes");
-    let server = TestServer::start_with(example_config(), Limits::default(), &pem("tls.crt"), &pem("tls.key"), &ca).await;
+    assert_eq!(
+        ca,
+        pem("ca.crt"),
+        "the webhook trusts the CA of the served certificate"
+    );
+    assert!(
+        pem("tls.key").contains("EC PRIVATE KEY"),
+        "ECDSA key for cheap handshakes"
+    );
+    let server = TestServer::start_with(
+        example_config(),
+        Limits::default(),
+        &pem("tls.crt"),
+        &pem("tls.key"),
+        &ca,
+    )
+    .await;
     for name in service_names() {
-        assert!(tls_connect(server.addr, &ca, name, &[b"http/1.1"]).await.is_ok(), "{name}");
+        assert!(
+            tls_connect(server.addr, &ca, name, &[b"http/1.1"])
+                .await
+                .is_ok(),
+            "{name}"
+        );
     }
-    assert!(tls_connect(server.addr, &ca, "other.pullsecret-injector.svc", &[b"http/1.1"]).await.is_err());
+    assert!(
+        tls_connect(
+            server.addr,
+            &ca,
+            "other.pullsecret-injector.svc",
+            &[b"http/1.1"]
+        )
+        .await
+        .is_err()
+    );
 }
 
 #[tokio::test]
@@ -279,37 +478,105 @@ async fn gen_certs_script_certificates_verify_for_every_san_and_are_served() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs-scripts/gen-certs.sh");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("certs");
-    let run = |args: &[&str]| Command::new("bash").arg(&script).args(args).output().expect("bash runs");
-    let made = run(&["--service", "psi-pullsecret-injector", "--namespace", "pullsecret-injector", "--host", "127.0.0.1", "--host", "localhost", "--out", out.to_str().unwrap()]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .output()
+            .expect("bash runs")
+    };
+    let made = run(&[
+        "--service",
+        "psi-pullsecret-injector",
+        "--namespace",
+        "pullsecret-injector",
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "localhost",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     let ca_bundle = String::from_utf8(made.stdout).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
-    assert_eq!(String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap(), read("ca.crt"), "stdout is the caBundle");
+    assert_eq!(
+        String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap(),
+        read("ca.crt"),
+        "stdout is the caBundle"
+    );
 
-    let server = TestServer::start_with(example_config(), Limits::default(), &read("tls.crt"), &read("tls.key"), &read("ca.crt")).await;
-    for name in service_names().into_iter().chain(["127.0.0.1", "localhost"]) {
+    let server = TestServer::start_with(
+        example_config(),
+        Limits::default(),
+        &read("tls.crt"),
+        &read("tls.key"),
+        &read("ca.crt"),
+    )
+    .await;
+    for name in service_names()
+        .into_iter()
+        .chain(["127.0.0.1", "localhost"])
+    {
         let tls = tls_connect(server.addr, &read("ca.crt"), name, &[b"http/1.1"]).await;
         assert!(tls.is_ok(), "{name}: {:?}", tls.err());
     }
-    assert!(tls_connect(server.addr, &read("ca.crt"), "example.com", &[b"http/1.1"]).await.is_err());
+    assert!(
+        tls_connect(server.addr, &read("ca.crt"), "example.com", &[b"http/1.1"])
+            .await
+            .is_err()
+    );
     let mut client = H1::connect_to(server.addr, &read("ca.crt")).await;
-    assert_eq!(client.send(mutate_request(fixture("job-pod.json"))).await.unwrap().status, 200);
+    assert_eq!(
+        client
+            .send(mutate_request(fixture("job-pod.json")))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     // Existing keys are kept unless --force.
     let again = run(&["--host", "localhost", "--out", out.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    assert_eq!(read("ca.crt"), String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap());
-    let forced = run(&["--host", "localhost", "--out", out.to_str().unwrap(), "--force"]);
+    assert_eq!(
+        read("ca.crt"),
+        String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap()
+    );
+    let forced = run(&[
+        "--host",
+        "localhost",
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
     assert!(forced.status.success());
-    assert_ne!(read("ca.crt"), String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap());
+    assert_ne!(
+        read("ca.crt"),
+        String::from_utf8(b64.decode(ca_bundle.trim()).unwrap()).unwrap()
+    );
 
     // Bad arguments: a usage line and exit 2, nothing written.
-    for bad in [&["--service", "x"][..], &["--bogus"], &[], &["--host", "bad host"], &["--service", "Bad_Name", "--namespace", "ns"], &["--host", "h", "--days", "0"]] {
+    for bad in [
+        &["--service", "x"][..],
+        &["--bogus"],
+        &[],
+        &["--host", "bad host"],
+        &["--service", "Bad_Name", "--namespace", "ns"],
+        &["--host", "h", "--days", "0"],
+    ] {
         let refused = run(bad);
         assert_eq!(refused.status.code(), Some(2), "{bad:?}");
-        assert!(String::from_utf8_lossy(&refused.stderr).contains("usage: gen-certs.sh"), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("usage: gen-certs.sh"),
+            "{bad:?}"
+        );
         assert!(refused.stdout.is_empty());
     }
 }

@@ -239,6 +239,77 @@ async fn runs_alone_when_no_cluster_is_reachable() {
 }
 
 #[tokio::test]
+async fn a_closed_log_pipe_does_not_stop_serving_or_shutting_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}/examples/config.yaml", env!("CARGO_MANIFEST_DIR"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let ca = dir.path().join("ca.crt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args([
+            "serve",
+            "--no-sync",
+            "--config",
+            &config,
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "debug",
+            "--self-signed-ca",
+        ])
+        .arg(&ca)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whoever read the logs went away: every later write to stderr fails.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    drop(stderr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ca.exists() || tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut client = H1::connect_to(
+        listen.parse().unwrap(),
+        &std::fs::read_to_string(&ca).unwrap(),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            job_secrets(&mut client)
+                .await
+                .expect("served despite the closed log pipe"),
+            ["ghcr-acme"]
+        );
+    }
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM ignored with a closed log pipe"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
 async fn config_reloads_and_a_broken_config_keeps_the_last_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("config");
