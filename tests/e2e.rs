@@ -1,0 +1,746 @@
+//! End-to-end: the real binary against the Kubernetes API server `KUBECONFIG` points to (kind,
+//! k3s, Rancher Desktop, a cloud cluster, or a bare kube-apiserver). Skipped, with the reason,
+//! when `KUBECONFIG` is not set. See docs/e2e.md.
+//!
+//! The webhook runs on this machine and is registered with the MutatingWebhookConfiguration
+//! the chart renders in its external-URL mode. Nothing here needs a kubelet, a scheduler or a
+//! controller-manager: every assertion is on what the API server stored (or answered, for
+//! dry-run). Every run uses fresh namespaces and removes what it made, also when a case fails.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const GAR_IMAGE: &str = "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn skip_reason() -> Option<String> {
+    match std::env::var_os("KUBECONFIG") {
+        None => Some("KUBECONFIG is not set".to_owned()),
+        Some(path) if path.is_empty() => Some("KUBECONFIG is empty".to_owned()),
+        Some(_) => None,
+    }
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Everything one run makes, named after a random run id.
+struct Run {
+    client: Client,
+    id: String,
+    /// The injector's namespace: the source Secrets live here.
+    source_ns: String,
+    /// Opted in.
+    ns_a: String,
+    /// Not opted in.
+    ns_b: String,
+    /// Opted in later, with a foreign Secret of a configured name already in it.
+    ns_c: String,
+    webhook_name: String,
+    dir: tempfile::TempDir,
+    host: String,
+    port: u16,
+    server: Option<Child>,
+}
+
+impl Run {
+    fn namespaces(&self) -> [&str; 4] {
+        [&self.source_ns, &self.ns_a, &self.ns_b, &self.ns_c]
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    fn start_server(&mut self) {
+        let certs = self.dir.path().join("certs");
+        let child = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,pullsecret_injector=debug",
+                "serve",
+            ])
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .args([
+                "--listen",
+                &format!("0.0.0.0:{}", self.port),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--namespace",
+                &self.source_ns,
+                "--resync-interval",
+                "3s",
+                "--shutdown-grace",
+                "5s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.path().join("server.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("start the binary");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the webhook did not start: {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn create_pod(&self, ns: &str, pod: Value) -> Pod {
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        self.pods(ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("create pod in {ns}: {e}"))
+    }
+
+    async fn set_opt_in(&self, ns: &str, enabled: bool) {
+        let value = if enabled {
+            json!("enabled")
+        } else {
+            Value::Null
+        };
+        let patch = json!({ "metadata": { "labels": { "pullsecret-injector.io/inject": value } } });
+        Api::<Namespace>::all(self.client.clone())
+            .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Removes everything the run made. Namespaces are deleted last; on a bare API server
+    /// (no namespace controller) they stay Terminating, but empty.
+    async fn cleanup(&mut self) {
+        self.stop_server();
+        let webhooks: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let _ = webhooks
+            .delete(&self.webhook_name, &DeleteParams::default())
+            .await;
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        for ns in self.namespaces() {
+            let _ = self
+                .pods(ns)
+                .delete_collection(&now, &ListParams::default())
+                .await;
+            let _ = self
+                .secrets(ns)
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+            let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+            let _ = sas
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(ns, &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+fn pod(name: &str, containers: Value) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name }, "spec": { "containers": containers } })
+}
+
+fn pull_secrets(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+fn injected(pod: &Pod) -> Option<String> {
+    pod.annotations()
+        .get("pullsecret-injector.io/injected")
+        .cloned()
+}
+
+fn docker_config(password: &str) -> Secret {
+    let auths = json!({ "auths": { "asia-northeast1-docker.pkg.dev": { "username": "_json_key", "password": password } } });
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "gar-pull" },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": { ".dockerconfigjson": auths.to_string() },
+    }))
+    .unwrap()
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The MutatingWebhookConfiguration as the chart renders it in external-URL mode.
+fn render_webhook(run: &Run, ca_bundle: &str, kube_version: &str) -> MutatingWebhookConfiguration {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".to_owned());
+    let out = Command::new(&helm)
+        .args(["template", &format!("psi-e2e-{}", run.id)])
+        .arg(manifest_dir().join("charts/pullsecret-injector"))
+        .args([
+            "--namespace",
+            &run.source_ns,
+            "--show-only",
+            "templates/mutatingwebhookconfiguration.yaml",
+        ])
+        .args([
+            "--set",
+            &format!(
+                "webhook.url=https://{}:{}/mutate",
+                url_host(&run.host),
+                run.port
+            ),
+        ])
+        .args([
+            "--set",
+            "certs.mode=secret",
+            "--set",
+            "certs.secret.name=unused",
+        ])
+        .args(["--set", &format!("certs.secret.caBundle={ca_bundle}")])
+        .args([
+            "--set",
+            "webhook.timeoutSeconds=10",
+            "--set",
+            "webhook.failurePolicy=Ignore",
+        ])
+        // matchConditions only where the cluster has them.
+        .args(["--kube-version", kube_version])
+        .output()
+        .unwrap_or_else(|e| panic!("the e2e suite renders the webhook with helm ({helm}): {e}"));
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml_ng::from_slice(&out.stdout).expect("a MutatingWebhookConfiguration")
+}
+
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn setup() -> Run {
+    let client = Client::try_default()
+        .await
+        .expect("a client from KUBECONFIG");
+    let id: String = {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+    };
+    let host = std::env::var("PSI_E2E_HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
+    let port = std::env::var("PSI_E2E_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(free_port);
+    let run = Run {
+        client,
+        source_ns: format!("psi-e2e-{id}-src"),
+        ns_a: format!("psi-e2e-{id}-a"),
+        ns_b: format!("psi-e2e-{id}-b"),
+        ns_c: format!("psi-e2e-{id}-c"),
+        webhook_name: format!("psi-e2e-{id}-pullsecret-injector"),
+        id,
+        dir: tempfile::tempdir().unwrap(),
+        host,
+        port,
+        server: None,
+    };
+    std::fs::write(
+        run.config_path(),
+        "registries:\n  - match: asia-northeast1-docker.pkg.dev\n    secret: gar-pull\n  - match: ghcr.io/acme\n    secret: ghcr-acme\n  - match: docker.io\n    secret: dockerhub\n  - match: localhost:5000\n    secret: local-registry\n",
+    )
+    .unwrap();
+    run
+}
+
+/// Namespaces (each with the `default` ServiceAccount the ServiceAccount admission plugin
+/// needs, in case no controller-manager makes it), the source Secret, the server, and the
+/// webhook registration.
+async fn prepare(run: &mut Run) {
+    let namespaces: Api<Namespace> = Api::all(run.client.clone());
+    for (ns, opted_in) in [
+        (&run.source_ns, false),
+        (&run.ns_a, true),
+        (&run.ns_b, false),
+        (&run.ns_c, false),
+    ] {
+        let mut labels = BTreeMap::from([(
+            "app.kubernetes.io/part-of".to_owned(),
+            "pullsecret-injector-e2e".to_owned(),
+        )]);
+        if opted_in {
+            labels.insert(
+                "pullsecret-injector.io/inject".to_owned(),
+                "enabled".to_owned(),
+            );
+        }
+        let object = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(ns.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+        let sas: Api<ServiceAccount> = Api::namespaced(run.client.clone(), ns);
+        let default: ServiceAccount =
+            serde_json::from_value(json!({ "metadata": { "name": "default" } })).unwrap();
+        match sas.create(&PostParams::default(), &default).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => panic!("create ServiceAccount default in {ns}: {e}"),
+        }
+    }
+    run.secrets(&run.source_ns)
+        .create(&PostParams::default(), &docker_config("first"))
+        .await
+        .expect("source Secret");
+
+    // A Secret named like a configured one, made by someone else, in a namespace not yet opted in.
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "gar-pull", "labels": { "team": "c" } },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": { ".dockerconfigjson": "{\"auths\":{}}" },
+    }))
+    .unwrap();
+    run.secrets(&run.ns_c)
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("foreign Secret");
+
+    let certs = run.dir.path().join("certs");
+    let made = Command::new("bash")
+        .arg(manifest_dir().join("certs-scripts/gen-certs.sh"))
+        .args(["--host", &run.host, "--host", "localhost", "--out"])
+        .arg(&certs)
+        .output()
+        .expect("gen-certs.sh");
+    assert!(
+        made.status.success(),
+        "gen-certs.sh: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let ca_bundle = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+
+    run.start_server();
+    let info = run
+        .client
+        .apiserver_version()
+        .await
+        .expect("the API server's version");
+    let minor: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let webhook = render_webhook(run, &ca_bundle, &format!("{}.{minor}.0", info.major));
+    assert_eq!(webhook.name_any(), run.webhook_name);
+    Api::<MutatingWebhookConfiguration>::all(run.client.clone())
+        .create(&PostParams::default(), &webhook)
+        .await
+        .expect("register the webhook");
+
+    // The API server picks up new webhook configurations asynchronously.
+    let pods = run.pods(&run.ns_a);
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let probe: Pod =
+        serde_json::from_value(pod("probe", json!([{ "name": "c", "image": GAR_IMAGE }]))).unwrap();
+    eventually("the webhook to be called", || {
+        let (pods, probe, dry) = (&pods, &probe, &dry);
+        async move {
+            pods.create(dry, probe)
+                .await
+                .ok()
+                .filter(|p| pull_secrets(p) == ["gar-pull"])
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e2e() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("e2e: SKIPPED ({reason}); see docs/e2e.md");
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut run = setup().await;
+    let outcome = std::panic::AssertUnwindSafe(async {
+        prepare(&mut run).await;
+        cases(&mut run).await;
+    })
+    .catch_unwind()
+    .await;
+    let log = run.server_log();
+    run.cleanup().await;
+    if let Err(panic) = outcome {
+        eprintln!("--- server log ---\n{log}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn cases(run: &mut Run) {
+    let (a, b) = (run.ns_a.clone(), run.ns_b.clone());
+
+    // 1. Opted-in namespace, Artifact Registry image.
+    let stored = run
+        .create_pod(&a, pod("gar", json!([{ "name": "c", "image": GAR_IMAGE }])))
+        .await;
+    assert_eq!(pull_secrets(&stored), ["gar-pull"], "case 1");
+    assert_eq!(
+        injected(&stored).as_deref(),
+        Some("gar-pull"),
+        "case 1 annotation"
+    );
+    let fetched = run.pods(&a).get("gar").await.unwrap();
+    assert_eq!(pull_secrets(&fetched), ["gar-pull"], "case 1, as stored");
+
+    // 2. Namespace not opted in.
+    let stored = run
+        .create_pod(&b, pod("gar", json!([{ "name": "c", "image": GAR_IMAGE }])))
+        .await;
+    assert!(pull_secrets(&stored).is_empty(), "case 2");
+    assert_eq!(injected(&stored), None, "case 2");
+
+    // 3. Secrets the Pod lists itself: kept first, not repeated.
+    let mut own = pod(
+        "own",
+        json!([{ "name": "c", "image": GAR_IMAGE }, { "name": "d", "image": "nginx:1.27" }]),
+    );
+    own["spec"]["imagePullSecrets"] = json!([{ "name": "team-own" }, { "name": "gar-pull" }]);
+    let stored = run.create_pod(&a, own).await;
+    assert_eq!(
+        pull_secrets(&stored),
+        ["team-own", "gar-pull", "dockerhub"],
+        "case 3"
+    );
+    assert_eq!(injected(&stored).as_deref(), Some("dockerhub"));
+    //    ... and those the ServiceAccount admission plugin copies in.
+    let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "builder" }, "imagePullSecrets": [{ "name": "sa-registry" }] })).unwrap();
+    Api::<ServiceAccount>::namespaced(run.client.clone(), &a)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let mut via_sa = pod(
+        "via-sa",
+        json!([{ "name": "c", "image": "localhost:5000/tools/builder:dev" }]),
+    );
+    via_sa["spec"]["serviceAccountName"] = json!("builder");
+    let stored = run.create_pod(&a, via_sa).await;
+    assert_eq!(
+        pull_secrets(&stored),
+        ["sa-registry", "local-registry"],
+        "case 3 (ServiceAccount)"
+    );
+
+    // 4. Init container only; Docker Hub short name; a registry with a port; a digest.
+    let mut init_only = pod(
+        "init-only",
+        json!([{ "name": "c", "image": "quay.io/prometheus/busybox:latest" }]),
+    );
+    init_only["spec"]["initContainers"] =
+        json!([{ "name": "i", "image": "ghcr.io/acme/migrate:1" }]);
+    assert_eq!(
+        pull_secrets(&run.create_pod(&a, init_only).await),
+        ["ghcr-acme"],
+        "case 4 init"
+    );
+    assert_eq!(
+        pull_secrets(
+            &run.create_pod(&a, pod("hub", json!([{ "name": "c", "image": "nginx" }])))
+                .await
+        ),
+        ["dockerhub"],
+        "case 4 nginx"
+    );
+    assert_eq!(
+        pull_secrets(
+            &run.create_pod(
+                &a,
+                pod(
+                    "local",
+                    json!([{ "name": "c", "image": "localhost:5000/x" }])
+                )
+            )
+            .await
+        ),
+        ["local-registry"],
+        "case 4 port"
+    );
+    let digest = "asia-northeast1-docker.pkg.dev/acme-prod/app/web@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d";
+    assert_eq!(
+        pull_secrets(
+            &run.create_pod(&a, pod("digest", json!([{ "name": "c", "image": digest }])))
+                .await
+        ),
+        ["gar-pull"],
+        "case 4 digest"
+    );
+
+    // 5. Opt-out annotation; server-side dry run.
+    let mut skip = pod("skip", json!([{ "name": "c", "image": GAR_IMAGE }]));
+    skip["metadata"]["annotations"] = json!({ "pullsecret-injector.io/skip": "true" });
+    let stored = run.create_pod(&a, skip).await;
+    assert!(
+        pull_secrets(&stored).is_empty() && injected(&stored).is_none(),
+        "case 5 opt-out"
+    );
+    let dry: Pod =
+        serde_json::from_value(pod("dry", json!([{ "name": "c", "image": GAR_IMAGE }]))).unwrap();
+    let answered = run
+        .pods(&a)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &dry,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pull_secrets(&answered),
+        ["gar-pull"],
+        "case 5 dry-run answer"
+    );
+    assert!(
+        run.pods(&a).get_opt("dry").await.unwrap().is_none(),
+        "case 5: dry run stores nothing"
+    );
+
+    // 8. generateName, as a Deployment's ReplicaSet creates Pods.
+    let stored = run.create_pod(&a, json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "generateName": "web-84858677cd-", "labels": { "app": "web" } }, "spec": { "containers": [{ "name": "c", "image": GAR_IMAGE }] } })).await;
+    assert!(stored.name_any().starts_with("web-84858677cd-"));
+    assert_eq!(pull_secrets(&stored), ["gar-pull"], "case 8");
+
+    sync_cases(run).await;
+    webhook_down_case(run).await;
+}
+
+/// 6. The sync: copy, rotation, opt-out, and a foreign Secret left alone.
+async fn sync_cases(run: &Run) {
+    let (a, c) = (run.ns_a.clone(), run.ns_c.clone());
+    let source = run.secrets(&run.source_ns).get("gar-pull").await.unwrap();
+    let copy = eventually("the copy in the opted-in namespace", || async {
+        run.secrets(&a).get_opt("gar-pull").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(copy.type_, source.type_);
+    assert_eq!(copy.data, source.data);
+    assert_eq!(
+        copy.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("pullsecret-injector")
+    );
+    assert_eq!(
+        copy.annotations().get("pullsecret-injector.io/source"),
+        Some(&format!("{}/gar-pull", run.source_ns))
+    );
+    let uid = copy.uid();
+
+    // Rotate the source.
+    let rotated = docker_config("second");
+    run.secrets(&run.source_ns)
+        .replace(
+            "gar-pull",
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    resource_version: source.resource_version(),
+                    ..rotated.metadata.clone()
+                },
+                ..rotated
+            },
+        )
+        .await
+        .unwrap();
+    let new_source = run.secrets(&run.source_ns).get("gar-pull").await.unwrap();
+    let updated = eventually("the rotated copy", || async {
+        run.secrets(&a)
+            .get_opt("gar-pull")
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.data == new_source.data)
+    })
+    .await;
+    assert_eq!(updated.uid(), uid, "updated in place");
+
+    // A copy someone deletes comes back.
+    run.secrets(&a)
+        .delete("gar-pull", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted copy restored", || async {
+        run.secrets(&a).get_opt("gar-pull").await.ok().flatten()
+    })
+    .await;
+
+    // Opting in a namespace that already has a foreign Secret of that name: left untouched.
+    let foreign_before = run.secrets(&c).get("gar-pull").await.unwrap();
+    run.set_opt_in(&c, true).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(run.client.clone(), &c);
+    eventually("the conflict Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()
+            .filter(|list| {
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("PullSecretConflict"))
+            })
+            .map(|_| ())
+    })
+    .await;
+    let foreign_after = run.secrets(&c).get("gar-pull").await.unwrap();
+    assert_eq!(
+        foreign_after.data, foreign_before.data,
+        "foreign Secret data untouched"
+    );
+    assert_eq!(
+        foreign_after.resource_version(),
+        foreign_before.resource_version(),
+        "foreign Secret not written at all"
+    );
+
+    // Opting out removes our copy (and only ours).
+    run.set_opt_in(&a, false).await;
+    eventually("the copy removed after opt-out", || async {
+        run.secrets(&a)
+            .get_opt("gar-pull")
+            .await
+            .ok()
+            .map(|s| s.is_none())
+            .filter(|gone| *gone)
+    })
+    .await;
+    run.set_opt_in(&c, false).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        run.secrets(&c).get_opt("gar-pull").await.unwrap().is_some(),
+        "a foreign Secret is never deleted"
+    );
+    run.set_opt_in(&a, true).await;
+}
+
+/// 7. Webhook down: Pods are still created (failurePolicy Ignore); back up: injected again.
+async fn webhook_down_case(run: &mut Run) {
+    let a = run.ns_a.clone();
+    run.stop_server();
+    let stored = run
+        .create_pod(
+            &a,
+            pod("while-down", json!([{ "name": "c", "image": GAR_IMAGE }])),
+        )
+        .await;
+    assert!(
+        pull_secrets(&stored).is_empty(),
+        "case 7: admitted unchanged while the webhook is down"
+    );
+    run.start_server();
+    let (run, a) = (&*run, &a);
+    let mut n = 0;
+    eventually("injection after the webhook is back", || {
+        n += 1;
+        let name = format!("back-{n}");
+        async move {
+            let stored = run
+                .create_pod(a, pod(&name, json!([{ "name": "c", "image": GAR_IMAGE }])))
+                .await;
+            (pull_secrets(&stored) == ["gar-pull"]).then_some(())
+        }
+    })
+    .await;
+}
