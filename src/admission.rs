@@ -104,8 +104,29 @@ pub struct Decision {
 
 /// Reviews one AdmissionReview body.
 pub fn review(config: &Config, body: &[u8]) -> Result<Decision, ReviewError> {
-    let review: ReviewIn<'_> =
+    // One pass reads the review and the Pod's few fields together. Only when that fails is
+    // the body read again, keeping the object raw, to tell a malformed review (400) from a
+    // Pod we cannot read (allowed unchanged).
+    if let Ok(review) = serde_json::from_slice::<ReviewIn<'_, PodIn<'_>>>(body) {
+        return decide(config, review, |object| object.ok_or_else(no_object));
+    }
+    let review: ReviewIn<'_, &RawValue> =
         serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    decide(config, review, |object| {
+        let raw = object.ok_or_else(no_object)?;
+        serde_json::from_str::<PodIn<'_>>(raw.get()).map_err(|e| e.to_string())
+    })
+}
+
+fn no_object() -> String {
+    "request has no object".to_owned()
+}
+
+fn decide<'a, O>(
+    config: &Config,
+    review: ReviewIn<'a, O>,
+    read_pod: impl FnOnce(Option<O>) -> Result<PodIn<'a>, String>,
+) -> Result<Decision, ReviewError> {
     let api_version = review.api_version.unwrap_or_default();
     let kind = review.kind.unwrap_or_default();
     if api_version != API_VERSION || kind != KIND {
@@ -150,19 +171,11 @@ pub fn review(config: &Config, body: &[u8]) -> Result<Decision, ReviewError> {
         return Ok(decision);
     }
 
-    let pod = match request
-        .object
-        .map(|raw| serde_json::from_str::<PodIn<'_>>(raw.get()))
-    {
-        Some(Ok(pod)) => pod,
-        Some(Err(e)) => {
+    let pod = match read_pod(request.object) {
+        Ok(pod) => pod,
+        Err(error) => {
             decision.outcome = Outcome::InvalidObject;
-            decision.object_error = Some(e.to_string());
-            return Ok(decision);
-        }
-        None => {
-            decision.outcome = Outcome::InvalidObject;
-            decision.object_error = Some("request has no object".to_owned());
+            decision.object_error = Some(error);
             return Ok(decision);
         }
     };
@@ -361,20 +374,21 @@ fn truncate(s: &str, max: usize) -> Cow<'_, str> {
 
 // ---- wire types -------------------------------------------------------------------------
 
+/// An AdmissionReview whose `request.object` is read as `O`: the Pod's fields, or raw.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
+struct ReviewIn<'a, O> {
     #[serde(borrow)]
     api_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    request: Option<RequestIn<'a>>,
+    request: Option<RequestIn<'a, O>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+struct RequestIn<'a, O> {
     #[serde(borrow)]
     uid: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -390,8 +404,7 @@ struct RequestIn<'a> {
     #[serde(borrow)]
     operation: Option<Cow<'a, str>>,
     dry_run: Option<bool>,
-    #[serde(borrow)]
-    object: Option<&'a RawValue>,
+    object: Option<O>,
 }
 
 #[derive(Deserialize)]

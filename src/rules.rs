@@ -246,6 +246,8 @@ fn is_repository_path(path: &str) -> bool {
 struct Glob {
     source: String,
     tokens: Vec<Token>,
+    /// No glob characters and no escapes: plain string equality.
+    literal: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -308,19 +310,24 @@ impl Glob {
             };
             tokens.push(token);
         }
+        let literal = tokens.iter().all(|t| matches!(t, Token::Char(_))) && !pattern.contains('\\');
         Ok(Self {
             source: pattern.to_owned(),
             tokens,
+            literal,
         })
     }
 
     fn is_literal(&self) -> bool {
-        self.tokens.iter().all(|t| matches!(t, Token::Char(_)))
+        self.literal
     }
 
     fn matches(&self, label: &str) -> bool {
-        let text: Vec<char> = label.chars().collect();
-        match_tokens(&self.tokens, &text)
+        if self.literal {
+            return self.source == label;
+        }
+        // Image hosts are ASCII (the reference grammar sees to it): match bytes, no allocation.
+        label.is_ascii() && match_tokens(&self.tokens, label.as_bytes())
     }
 }
 
@@ -333,7 +340,7 @@ fn class_char(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<ch
     }
 }
 
-fn match_tokens(tokens: &[Token], text: &[char]) -> bool {
+fn match_tokens(tokens: &[Token], text: &[u8]) -> bool {
     let (mut t, mut s) = (0, 0);
     // Backtracking point of the last `*`: (token after it, text position it resumes from).
     let mut star: Option<(usize, usize)> = None;
@@ -344,10 +351,11 @@ fn match_tokens(tokens: &[Token], text: &[char]) -> bool {
                 t += 1;
                 continue;
             }
-            Some(Token::Char(c)) => *c == text[s],
+            Some(Token::Char(c)) => *c == char::from(text[s]),
             Some(Token::Any) => true,
             Some(Token::Class { negated, ranges }) => {
-                ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&text[s])) != *negated
+                let c = char::from(text[s]);
+                ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != *negated
             }
             None => false,
         };
