@@ -95,6 +95,9 @@ pub struct Decision {
     pub dry_run: bool,
     /// Secrets added, in patch order.
     pub added: Vec<String>,
+    /// Valid image references in the Pod, and how many of them a rule matched.
+    pub images: usize,
+    pub matched_images: usize,
     pub invalid_images: Vec<InvalidImage>,
     /// Why the object could not be read, for [`Outcome::InvalidObject`].
     pub object_error: Option<String>,
@@ -147,6 +150,8 @@ fn decide<'a, O>(
         name: request.name.unwrap_or_default().into_owned(),
         dry_run: request.dry_run.unwrap_or(false),
         added: Vec::new(),
+        images: 0,
+        matched_images: 0,
         invalid_images: Vec::new(),
         object_error: None,
         patch: None,
@@ -206,6 +211,8 @@ fn decide<'a, O>(
     }
 
     let plan = plan(config, &pod);
+    decision.images = plan.images;
+    decision.matched_images = plan.matched_images;
     decision.invalid_images = plan.invalid_images;
     decision.warnings = decision
         .invalid_images
@@ -278,6 +285,9 @@ pub fn review_for_pod(pod: Value) -> Value {
 pub struct Plan<'c> {
     pub add: Vec<&'c str>,
     pub invalid_images: Vec<InvalidImage>,
+    /// Images read, and how many of them some rule matched.
+    pub images: usize,
+    pub matched_images: usize,
 }
 
 pub fn plan<'c>(config: &'c Config, pod: &PodIn<'_>) -> Plan<'c> {
@@ -297,7 +307,12 @@ pub fn plan<'c>(config: &'c Config, pod: &PodIn<'_>) -> Plan<'c> {
             continue;
         };
         match ImageRef::parse(image) {
-            Ok(reference) => config.mark_matches(&reference, &mut hits),
+            Ok(reference) => {
+                out.images += 1;
+                if config.mark_matches(&reference, &mut hits) {
+                    out.matched_images += 1;
+                }
+            }
             Err(error) => out.invalid_images.push(InvalidImage {
                 container: container.name.as_deref().unwrap_or_default().to_owned(),
                 image: image.to_owned(),

@@ -136,13 +136,19 @@ impl Config {
         &self.secrets
     }
 
-    /// Marks in `hits` (one flag per rule) the rules that match `image`.
-    pub fn mark_matches(&self, image: &ImageRef<'_>, hits: &mut [bool]) {
+    /// Marks in `hits` (one flag per rule) the rules that match `image`; returns whether any
+    /// rule does.
+    pub fn mark_matches(&self, image: &ImageRef<'_>, hits: &mut [bool]) -> bool {
+        let mut any = false;
         for (rule, hit) in self.rules.iter().zip(hits.iter_mut()) {
-            if !*hit && rule.matches(image) {
-                *hit = true;
+            // A rule already hit by another image matters only to tell whether this one matched.
+            if (*hit && any) || !rule.matches(image) {
+                continue;
             }
+            *hit = true;
+            any = true;
         }
+        any
     }
 
     /// The secrets of the rules flagged in `hits`, in config order, each once.
@@ -163,7 +169,7 @@ impl Config {
     ) -> Vec<&'c str> {
         let mut hits = vec![false; self.rules.len()];
         for image in images {
-            self.mark_matches(image, &mut hits);
+            let _ = self.mark_matches(image, &mut hits);
         }
         self.secrets_of(&hits)
     }

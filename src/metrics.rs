@@ -30,11 +30,6 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SyncErrorLabels {
-    reason: &'static str,
-}
-
 /// Every metric the process exports, registered once at start.
 #[derive(Debug)]
 pub struct Metrics {
@@ -51,7 +46,7 @@ pub struct Metrics {
     sync_applied: Family<SecretLabels, Counter>,
     sync_deleted: Family<SecretLabels, Counter>,
     sync_conflicts: Family<SecretLabels, Counter>,
-    sync_errors: Family<SyncErrorLabels, Counter>,
+    sync_errors: Family<ReasonLabels, Counter>,
     sync_last_success: Gauge,
 }
 
@@ -133,7 +128,7 @@ impl Metrics {
             "Secrets of a configured name that the sync does not own and left alone, by secret",
             sync_conflicts.clone(),
         );
-        let sync_errors = Family::<SyncErrorLabels, Counter>::default();
+        let sync_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "sync_errors",
             "Reconcile errors, by reason",
@@ -236,7 +231,7 @@ impl Metrics {
 
     pub fn sync_error(&self, reason: &'static str) {
         self.sync_errors
-            .get_or_create(&SyncErrorLabels { reason })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

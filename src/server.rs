@@ -194,6 +194,8 @@ async fn mutate(
                 pod = %decision.name,
                 outcome = %decision.outcome,
                 dry_run = decision.dry_run,
+                images = decision.images,
+                matched = decision.matched_images,
                 added = %decision.added.join(","),
                 micros = elapsed.as_micros() as u64,
                 "review"

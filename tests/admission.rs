@@ -28,6 +28,7 @@ fn run_fixture(name: &str) -> (admission::Decision, Value, Value) {
 fn deployment_pod_gets_gar_and_dockerhub_in_config_order() {
     let (decision, _, pod) = run_fixture("deployment-pod.json");
     assert_eq!(decision.outcome, Outcome::Patched);
+    assert_eq!((decision.images, decision.matched_images), (3, 3));
     assert_eq!(pull_secrets(&pod), ["gar-pull", "dockerhub"]);
     assert_eq!(
         injected_annotation(&pod).as_deref(),
@@ -67,6 +68,8 @@ fn serviceaccount_secrets_stay_first() {
 fn secrets_the_pod_already_lists_are_not_added_again() {
     let (decision, response, pod) = run_fixture("own-secrets-pod.json");
     assert_eq!(decision.outcome, Outcome::Unchanged);
+    // us-docker.pkg.dev matches `*.pkg.dev`; quay.io matches nothing.
+    assert_eq!((decision.images, decision.matched_images), (2, 1));
     assert!(response["response"]["patch"].is_null());
     assert_eq!(pull_secrets(&pod), ["team-own", "gar-pull"]);
 }

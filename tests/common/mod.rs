@@ -210,6 +210,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    async fn read(response: hyper::Response<hyper::body::Incoming>) -> hyper::Result<Self> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Self {
+            status,
+            headers,
+            body,
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
@@ -246,15 +257,7 @@ impl H1 {
 
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Reply> {
         self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Reply::read(self.sender.send_request(request).await?).await
     }
 }
 
@@ -280,15 +283,7 @@ impl H2 {
 
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Reply> {
         self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Reply::read(self.sender.send_request(request).await?).await
     }
 }
 
