@@ -580,3 +580,45 @@ async fn gen_certs_script_certificates_verify_for_every_san_and_are_served() {
         assert!(refused.stdout.is_empty());
     }
 }
+
+#[test]
+fn every_value_is_documented_by_a_comment_starting_with_its_name() {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut checked = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        path.retain(|(level, _)| *level < indent);
+        path.push((indent, key.to_owned()));
+        let dotted = path
+            .iter()
+            .map(|(_, k)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
+        // Under `resources` the keys are Kubernetes' own.
+        if dotted.starts_with("resources.") {
+            continue;
+        }
+        let mut first = i;
+        while first > 0 && lines[first - 1].trim_start().starts_with('#') {
+            first -= 1;
+        }
+        assert!(first < i, "{dotted} (line {}) has no comment", i + 1);
+        let expected = format!("# {dotted} --");
+        assert!(
+            lines[first].trim_start().starts_with(&expected),
+            "{dotted}: comment should start with {expected:?}, found {:?}",
+            lines[first]
+        );
+        checked += 1;
+    }
+    assert!(checked > 40, "{checked} keys checked");
+}
