@@ -95,18 +95,7 @@ impl Served {
     }
 
     async fn metrics_text(&self) -> String {
-        let tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let response = sender.send_request(get_request("/metrics")).await.unwrap();
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
+        plain_get(self.metrics, "/metrics").await.text()
     }
 
     fn logs(&self) -> String {

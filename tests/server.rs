@@ -231,19 +231,9 @@ async fn metrics_port_serves_prometheus_text() {
             let _ = stop_rx.await;
         },
     ));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let response = sender.send_request(get_request("/metrics")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let text = String::from_utf8(body.to_vec()).unwrap();
+    let reply = plain_get(addr, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
     assert!(
         text.contains("pullsecret_injector_admission_reviews_total{outcome=\"patched\"} 1"),
         "{text}"

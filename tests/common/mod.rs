@@ -287,6 +287,20 @@ impl H2 {
     }
 }
 
+/// `GET path` over plain HTTP/1.1 (the metrics port).
+pub async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(get_request(path))
+        .await
+        .expect("answer");
+    Reply::read(response).await.expect("body")
+}
+
 /// `POST /mutate?timeout=2s` with the API server's headers.
 pub fn mutate_request(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     Request::post("https://localhost/mutate?timeout=2s")
