@@ -188,6 +188,39 @@ async fn runs_on_a_laptop_with_a_self_signed_certificate() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
+#[test]
+fn refuses_to_start_with_a_broken_config_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "registries:\n  - match: ghcr.io\n    secret: ok\n  - match: \"*.pkg.dev[\"\n    secret: gar\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args([
+            "serve",
+            "--no-sync",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--self-signed-ca")
+        .arg(dir.path().join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: rule 2 (match \"*.pkg.dev[\"): host label \"dev[\" is not a valid pattern: '[' is not closed"), "{stderr}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args(["serve", "--no-sync", "--config", "/nonexistent/config.yaml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/config.yaml")
+    );
+}
+
 #[tokio::test]
 async fn runs_alone_when_no_cluster_is_reachable() {
     let dir = tempfile::tempdir().unwrap();
