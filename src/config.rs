@@ -175,7 +175,8 @@ impl Config {
     }
 }
 
-fn one_line(e: &impl std::fmt::Display) -> String {
+/// The text of `e` with every run of whitespace (newlines included) folded to one space.
+pub(crate) fn one_line(e: &impl std::fmt::Display) -> String {
     e.to_string()
         .split_whitespace()
         .collect::<Vec<_>>()

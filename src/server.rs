@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, ReviewError};
-use crate::config::ConfigStore;
+use crate::config::{self, ConfigStore};
 use crate::metrics::Metrics;
 
 /// Limits of the webhook port.
@@ -228,10 +228,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// A one-line HTTP error body.
 fn one_line(s: &str) -> String {
-    let mut line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    line.push('\n');
-    line
+    format!("{}\n", config::one_line(&s))
 }
 
 /// Serves `app` over TLS on `listener` until `stop` completes, then drains: no new
