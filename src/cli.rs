@@ -207,7 +207,7 @@ pub fn mutate_document(
         other => bail!("expected a Pod or an AdmissionReview, got kind {other:?}"),
     };
     let decision = admission::review(config, &serde_json::to_vec(&review)?)?;
-    let patch = decision.patch.clone().unwrap_or_default();
+    let patch = decision.patch().unwrap_or_default();
     Ok(match output {
         MutateOutput::Patch => serde_json::to_value(&patch)?,
         MutateOutput::Review => serde_json::from_slice(&decision.to_review_bytes())?,

@@ -8,8 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
-use json_patch::{AddOperation, Patch, PatchOperation};
-use jsonptr::PointerBuf;
+use json_patch::Patch;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -19,8 +18,12 @@ use crate::config::Config;
 use crate::image::{ImageError, ImageRef};
 use crate::names::{INJECTED_ANNOTATION, MIRROR_ANNOTATION, SKIP_ANNOTATION};
 
+mod read;
+
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
+/// The JSON pointer to [`INJECTED_ANNOTATION`]: its '/' is written "~1".
+const INJECTED_POINTER: &str = "/metadata/annotations/pullsecret-injector.io~1injected";
 /// At most this many warnings go back to the client (the API server caps their size too).
 const MAX_WARNINGS: usize = 8;
 
@@ -101,15 +104,20 @@ pub struct Decision {
     pub invalid_images: Vec<InvalidImage>,
     /// Why the object could not be read, for [`Outcome::InvalidObject`].
     pub object_error: Option<String>,
-    pub patch: Option<Patch>,
+    /// The JSON Patch, serialized: it is only ever sent, so it is written once, as bytes.
+    pub patch_json: Option<Vec<u8>>,
     pub warnings: Vec<String>,
 }
 
 /// Reviews one AdmissionReview body.
 pub fn review(config: &Config, body: &[u8]) -> Result<Decision, ReviewError> {
-    // One pass reads the review and the Pod's few fields together. Only when that fails is
-    // the body read again, keeping the object raw, to tell a malformed review (400) from a
-    // Pod we cannot read (allowed unchanged).
+    // One pass reads the review and the Pod's few fields together: the hand-written reader,
+    // or serde_json for what that reader leaves to it. Only when both fail is the body read
+    // again, keeping the object raw, to tell a malformed review (400) from a Pod we cannot
+    // read (allowed unchanged).
+    if let Some(review) = read::review(body) {
+        return decide(config, review, |object| object.ok_or_else(no_object));
+    }
     if let Ok(review) = serde_json::from_slice::<ReviewIn<'_, PodIn<'_>>>(body) {
         return decide(config, review, |object| object.ok_or_else(no_object));
     }
@@ -132,7 +140,7 @@ fn decide<'a, O>(
 ) -> Result<Decision, ReviewError> {
     let api_version = review.api_version.unwrap_or_default();
     let kind = review.kind.unwrap_or_default();
-    if api_version != API_VERSION || kind != KIND {
+    if *api_version != *API_VERSION || *kind != *KIND {
         return Err(ReviewError::WrongType {
             api_version: api_version.into_owned(),
             kind: kind.into_owned(),
@@ -154,7 +162,7 @@ fn decide<'a, O>(
         matched_images: 0,
         invalid_images: Vec::new(),
         object_error: None,
-        patch: None,
+        patch_json: None,
         warnings: Vec::new(),
     };
 
@@ -162,11 +170,11 @@ fn decide<'a, O>(
         && request
             .kind
             .as_ref()
-            .is_some_and(|k| k.group.is_empty() && k.kind == "Pod")
+            .is_some_and(|k| k.group.is_empty() && &*k.kind == "Pod")
         && request
             .resource
             .as_ref()
-            .is_some_and(|r| r.group.is_empty() && r.resource == "pods")
+            .is_some_and(|r| r.group.is_empty() && &*r.resource == "pods")
         && request
             .sub_resource
             .as_deref()
@@ -232,31 +240,59 @@ fn decide<'a, O>(
         return Ok(decision);
     }
 
-    decision.patch = Some(build_patch(&pod, &annotations, &plan.add));
+    decision.patch_json = Some(patch_json(&pod, &annotations, &plan.add));
     decision.added = plan.add.iter().map(|s| (*s).to_owned()).collect();
     decision.outcome = Outcome::Patched;
     Ok(decision)
 }
 
 impl Decision {
+    /// The JSON Patch as operations, for callers that apply it.
+    pub fn patch(&self) -> Option<Patch> {
+        // Our own output: it parses, which the tests check.
+        self.patch_json
+            .as_deref()
+            .and_then(|json| serde_json::from_slice(json).ok())
+    }
+
     /// The AdmissionReview the API server expects back: same uid, always allowed.
     pub fn to_review_bytes(&self) -> Vec<u8> {
-        let out = ReviewOut {
-            api_version: API_VERSION,
-            kind: KIND,
-            response: ResponseOut {
-                uid: &self.uid,
-                allowed: true,
-                patch_type: self.patch.as_ref().map(|_| "JSONPatch"),
-                patch: self.patch.as_ref().map(|p| {
-                    base64::engine::general_purpose::STANDARD
-                        .encode(serde_json::to_vec(p).unwrap_or_default())
-                }),
-                warnings: &self.warnings,
-            },
-        };
-        serde_json::to_vec(&out).unwrap_or_default()
+        let patch_len = self.patch_json.as_ref().map_or(0, |p| p.len() * 4 / 3 + 64);
+        let mut out = Vec::with_capacity(160 + self.uid.len() + patch_len);
+        out.extend_from_slice(br#"{"apiVersion":""#);
+        out.extend_from_slice(API_VERSION.as_bytes());
+        out.extend_from_slice(br#"","kind":""#);
+        out.extend_from_slice(KIND.as_bytes());
+        out.extend_from_slice(br#"","response":{"uid":"#);
+        push_json(&mut out, &self.uid);
+        out.extend_from_slice(br#","allowed":true"#);
+        if let Some(patch) = &self.patch_json {
+            // Base64 needs no JSON escaping: encode straight into the answer.
+            out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+            let start = out.len();
+            out.resize(
+                start + base64::encoded_len(patch.len(), true).unwrap_or(0),
+                0,
+            );
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(patch, &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
+        }
+        if !self.warnings.is_empty() {
+            out.extend_from_slice(br#","warnings":"#);
+            push_json(&mut out, &self.warnings);
+        }
+        out.extend_from_slice(b"}}");
+        out
     }
+}
+
+/// Appends `value` as JSON (strings escaped as serde_json escapes them).
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// Wraps a Pod manifest in the AdmissionReview the API server would send for its CREATE, so
@@ -329,28 +365,39 @@ pub fn plan<'c>(config: &'c Config, pod: &PodIn<'_>) -> Plan<'c> {
     out
 }
 
-fn build_patch(pod: &PodIn<'_>, annotations: &Annotations, add: &[&str]) -> Patch {
-    let op = |tokens: &[&str], value: Value| {
-        PatchOperation::Add(AddOperation {
-            path: PointerBuf::from_tokens(tokens.iter().copied()),
-            value,
-        })
-    };
-    let mut ops = Vec::with_capacity(add.len() + 1);
+/// The JSON Patch adding `add` to the Pod, written directly as bytes: the operations are
+/// fixed in shape, and building `serde_json::Value`s to serialize them cost more than the rest
+/// of the decision.
+fn patch_json(pod: &PodIn<'_>, annotations: &Annotations, add: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + add.iter().map(|s| s.len() * 2 + 48).sum::<usize>());
+    out.push(b'[');
     let existing = pod
         .spec
         .as_ref()
         .and_then(|s| s.image_pull_secrets.as_deref())
         .unwrap_or_default();
+    let secret_ref = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(br#"{"name":"#);
+        push_json(out, name);
+        out.push(b'}');
+    };
     if existing.is_empty() {
-        let list = add.iter().map(|s| json!({ "name": s })).collect();
-        ops.push(op(&["spec", "imagePullSecrets"], Value::Array(list)));
+        out.extend_from_slice(br#"{"op":"add","path":"/spec/imagePullSecrets","value":["#);
+        for (i, secret) in add.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            secret_ref(&mut out, secret);
+        }
+        out.extend_from_slice(b"]}");
     } else {
-        for secret in add {
-            ops.push(op(
-                &["spec", "imagePullSecrets", "-"],
-                json!({ "name": secret }),
-            ));
+        for (i, secret) in add.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"op":"add","path":"/spec/imagePullSecrets/-","value":"#);
+            secret_ref(&mut out, secret);
+            out.push(b'}');
         }
     }
 
@@ -365,19 +412,32 @@ fn build_patch(pod: &PodIn<'_>, annotations: &Annotations, add: &[&str]) -> Patc
             injected.push(secret);
         }
     }
-    let value = Value::String(injected.join(","));
+    let value = injected.join(",");
+    out.extend_from_slice(br#",{"op":"add","path":"#);
     match pod.metadata.as_ref() {
-        None => ops.push(op(
-            &["metadata"],
-            json!({ "annotations": { INJECTED_ANNOTATION: value } }),
-        )),
-        Some(meta) if !meta.annotations.present => ops.push(op(
-            &["metadata", "annotations"],
-            json!({ INJECTED_ANNOTATION: value }),
-        )),
-        Some(_) => ops.push(op(&["metadata", "annotations", INJECTED_ANNOTATION], value)),
+        None => {
+            out.extend_from_slice(br#""/metadata","value":{"annotations":{"#);
+            push_json(&mut out, INJECTED_ANNOTATION);
+            out.push(b':');
+            push_json(&mut out, &value);
+            out.extend_from_slice(b"}}}");
+        }
+        Some(meta) if !meta.annotations.present => {
+            out.extend_from_slice(br#""/metadata/annotations","value":{"#);
+            push_json(&mut out, INJECTED_ANNOTATION);
+            out.push(b':');
+            push_json(&mut out, &value);
+            out.extend_from_slice(b"}}");
+        }
+        Some(_) => {
+            push_json(&mut out, INJECTED_POINTER);
+            out.extend_from_slice(br#","value":"#);
+            push_json(&mut out, &value);
+            out.push(b'}');
+        }
     }
-    Patch(ops)
+    out.push(b']');
+    out
 }
 
 fn truncate(s: &str, max: usize) -> Cow<'_, str> {
@@ -390,56 +450,61 @@ fn truncate(s: &str, max: usize) -> Cow<'_, str> {
 // ---- wire types -------------------------------------------------------------------------
 
 /// An AdmissionReview whose `request.object` is read as `O`: the Pod's fields, or raw.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[serde(rename_all = "camelCase")]
 struct ReviewIn<'a, O> {
     #[serde(borrow)]
-    api_version: Option<Cow<'a, str>>,
+    api_version: Option<Str<'a>>,
     #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow)]
     request: Option<RequestIn<'a, O>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[serde(rename_all = "camelCase")]
 struct RequestIn<'a, O> {
     #[serde(borrow)]
-    uid: Option<Cow<'a, str>>,
+    uid: Option<Str<'a>>,
     #[serde(borrow)]
     kind: Option<GroupKind<'a>>,
     #[serde(borrow)]
     resource: Option<GroupResource<'a>>,
     #[serde(borrow)]
-    sub_resource: Option<Cow<'a, str>>,
+    sub_resource: Option<Str<'a>>,
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
-    namespace: Option<Cow<'a, str>>,
+    namespace: Option<Str<'a>>,
     #[serde(borrow)]
-    operation: Option<Cow<'a, str>>,
+    operation: Option<Str<'a>>,
     dry_run: Option<bool>,
     object: Option<O>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct GroupKind<'a> {
     #[serde(borrow, default)]
-    group: Cow<'a, str>,
+    group: Str<'a>,
     #[serde(borrow, default)]
-    kind: Cow<'a, str>,
+    kind: Str<'a>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct GroupResource<'a> {
     #[serde(borrow, default)]
-    group: Cow<'a, str>,
+    group: Str<'a>,
     #[serde(borrow, default)]
-    resource: Cow<'a, str>,
+    resource: Str<'a>,
 }
 
 /// The few fields of a Pod the decision reads.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct PodIn<'a> {
     #[serde(borrow)]
     metadata: Option<MetaIn<'a>>,
@@ -455,17 +520,19 @@ impl<'a> PodIn<'a> {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[serde(rename_all = "camelCase")]
 struct MetaIn<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
-    generate_name: Option<Cow<'a, str>>,
+    generate_name: Option<Str<'a>>,
     #[serde(default)]
     annotations: Annotations,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[serde(rename_all = "camelCase")]
 struct SpecIn<'a> {
     #[serde(borrow)]
@@ -479,22 +546,25 @@ struct SpecIn<'a> {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct ContainerIn<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow)]
-    image: Option<Cow<'a, str>>,
+    image: Option<Str<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct SecretRefIn<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
 }
 
 /// The annotations that matter, read without keeping the others (which can be large, such as
 /// `kubectl.kubernetes.io/last-applied-configuration`).
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(test, derive(PartialEq))]
 struct Annotations {
     /// `metadata.annotations` is a non-null map.
     present: bool,
@@ -525,10 +595,10 @@ impl<'de> Deserialize<'de> for Annotations {
                     present: true,
                     ..Annotations::default()
                 };
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Str<'de>>()? {
+                    match &*key {
                         SKIP_ANNOTATION => {
-                            let v: Cow<'de, str> = map.next_value()?;
+                            let v: Str<'de> = map.next_value()?;
                             out.skip = v.trim().eq_ignore_ascii_case("true");
                         }
                         MIRROR_ANNOTATION => {
@@ -550,23 +620,44 @@ impl<'de> Deserialize<'de> for Annotations {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    response: ResponseOut<'a>,
+/// A JSON string borrowed from the body when it has no escapes, owned otherwise. serde's own
+/// `Cow<str>` borrows only as a bare field, never inside `Option` or as a map key, and an
+/// allocation per string read was most of the decision's cost.
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(test, derive(PartialEq))]
+struct Str<'a>(Cow<'a, str>);
+
+impl Str<'_> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    warnings: &'a [String],
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(StrVisitor)
+    }
 }
