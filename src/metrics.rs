@@ -1,5 +1,13 @@
 //! Prometheus metrics, served as text on the plain metrics port.
+//!
+//! Every review counts itself, so that path takes no lock and allocates nothing: the outcome
+//! counters are created at start, and per-secret counters are looked up in a copy-on-write map
+//! that only changes the first time a secret is seen.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -34,14 +42,16 @@ struct ReasonLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    reviews: Family<OutcomeLabels, Counter>,
+    /// One counter per [`Outcome`], in [`Outcome::ALL`] order.
+    reviews: [Counter; Outcome::ALL.len()],
     rejected: Family<ReasonLabels, Counter>,
     review_duration: Histogram,
     invalid_images: Counter,
     secrets_injected: Family<SecretLabels, Counter>,
+    /// Handles to `secrets_injected`'s counters, by secret.
+    injected_by_secret: ArcSwap<HashMap<String, Counter>>,
     config_reloads: Family<ResultLabels, Counter>,
     certificate_reloads: Family<ResultLabels, Counter>,
-    in_flight: Gauge,
     // Secret sync.
     sync_applied: Family<SecretLabels, Counter>,
     sync_deleted: Family<SecretLabels, Counter>,
@@ -59,12 +69,20 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("pullsecret_injector");
-        let reviews = Family::<OutcomeLabels, Counter>::default();
+        let review_family = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "admission_reviews",
             "AdmissionReviews answered, by outcome",
-            reviews.clone(),
+            review_family.clone(),
         );
+        // Created now, so every outcome is exported from the start, at 0.
+        let reviews = Outcome::ALL.map(|outcome| {
+            review_family
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.as_str(),
+                })
+                .clone()
+        });
         let rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "admission_rejected",
@@ -104,12 +122,6 @@ impl Metrics {
             "Serving certificate reloads, by result (success, failure)",
             certificate_reloads.clone(),
         );
-        let in_flight = Gauge::default();
-        registry.register(
-            "admission_in_flight",
-            "AdmissionReviews being decided now",
-            in_flight.clone(),
-        );
         let sync_applied = Family::<SecretLabels, Counter>::default();
         registry.register(
             "sync_secrets_applied",
@@ -147,9 +159,9 @@ impl Metrics {
             review_duration,
             invalid_images,
             secrets_injected,
+            injected_by_secret: ArcSwap::default(),
             config_reloads,
             certificate_reloads,
-            in_flight,
             sync_applied,
             sync_deleted,
             sync_conflicts,
@@ -167,28 +179,41 @@ impl Metrics {
     }
 
     pub fn review(&self, outcome: Outcome, seconds: f64, added: &[String], invalid_images: usize) {
-        self.reviews
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
-            })
-            .inc();
+        let index = Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or_default();
+        self.reviews[index].inc();
         self.review_duration.observe(seconds);
-        self.invalid_images.inc_by(invalid_images as u64);
-        for secret in added {
-            self.secrets_injected
-                .get_or_create(&SecretLabels {
-                    secret: secret.clone(),
-                })
-                .inc();
+        if invalid_images > 0 {
+            self.invalid_images.inc_by(invalid_images as u64);
         }
+        for secret in added {
+            self.count_injected(secret);
+        }
+    }
+
+    fn count_injected(&self, secret: &str) {
+        if let Some(counter) = self.injected_by_secret.load().get(secret) {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .secrets_injected
+            .get_or_create(&SecretLabels {
+                secret: secret.to_owned(),
+            })
+            .clone();
+        self.injected_by_secret.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(secret.to_owned(), counter.clone());
+            Arc::new(map)
+        });
+        counter.inc();
     }
 
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
-    }
-
-    pub fn in_flight(&self) -> &Gauge {
-        &self.in_flight
     }
 
     pub fn config_reload(&self, ok: bool) {

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -69,20 +70,18 @@ pub struct AppState {
 
 /// The routes of the webhook port.
 pub fn router(state: AppState, limits: &Limits) -> Router {
+    // One Arc for the whole state: every request clones it, and each clone is an atomic
+    // write the two cores would pass back and forth.
     Router::new()
         .route("/mutate", post(mutate))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            close_when_unready,
-        ))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 /// The routes of the metrics port.
@@ -106,15 +105,11 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
 
 /// Once shutdown has begun, every HTTP/1.1 answer carries `Connection: close`: the client
 /// (the API server keeps idle connections to a terminating pod) opens its next connection
-/// elsewhere, and no idle connection is left to race with the final close.
-async fn close_when_unready(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let http1 = request.version() <= http::Version::HTTP_11;
-    let mut response = next.run(request).await;
-    if http1 && !state.ready.load(Ordering::Acquire) {
+/// elsewhere, and no idle connection is left to race with the final close. Called by each
+/// handler rather than as a middleware layer, which cost a boxed future per request.
+fn finish(state: &AppState, version: Version, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if version <= Version::HTTP_11 && !state.ready.load(Ordering::Acquire) {
         response.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
@@ -123,17 +118,44 @@ async fn close_when_unready(
     response
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n").into_response()
+async fn healthz(State(state): State<Arc<AppState>>, version: Version) -> Response {
+    finish(&state, version, "ok\n")
+}
+
+async fn readyz(State(state): State<Arc<AppState>>, version: Version) -> Response {
+    let answer = if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    };
+    finish(&state, version, answer)
+}
+
+/// Whether the request's `Content-Type` is JSON; read in place, where the `HeaderMap`
+/// extractor would copy every header.
+struct JsonContent(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonContent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(is_json(&parts.headers)))
     }
 }
 
 async fn mutate(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<Arc<AppState>>,
+    version: Version,
+    JsonContent(json): JsonContent,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let response = answer(&state, json, body);
+    finish(&state, version, response)
+}
+
+fn answer(
+    state: &AppState,
+    json: bool,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -150,7 +172,7 @@ async fn mutate(
             return (status, one_line(&rejection.body_text())).into_response();
         }
     };
-    if !is_json(&headers) {
+    if !json {
         state.metrics.rejected("content_type");
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -160,10 +182,8 @@ async fn mutate(
     }
 
     let started = Instant::now();
-    state.metrics.in_flight().inc();
     let config = state.config.load();
     let result = admission::review(&config, &body);
-    state.metrics.in_flight().dec();
     let elapsed = started.elapsed();
 
     match result {

@@ -221,6 +221,13 @@ async fn metrics_port_serves_prometheus_text() {
         &["gar-pull".to_owned()],
         0,
     );
+    // The second time a secret is counted takes the cached counter.
+    metrics.review(
+        pullsecret_injector::admission::Outcome::Patched,
+        0.0001,
+        &["gar-pull".to_owned(), "ghcr".to_owned()],
+        0,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -235,11 +242,20 @@ async fn metrics_port_serves_prometheus_text() {
     assert_eq!(reply.status, 200);
     let text = reply.text();
     assert!(
-        text.contains("pullsecret_injector_admission_reviews_total{outcome=\"patched\"} 1"),
+        text.contains("pullsecret_injector_admission_reviews_total{outcome=\"patched\"} 2"),
+        "{text}"
+    );
+    // Every outcome is exported from the start.
+    assert!(
+        text.contains("pullsecret_injector_admission_reviews_total{outcome=\"mirror_pod\"} 0"),
         "{text}"
     );
     assert!(
-        text.contains("pullsecret_injector_secrets_injected_total{secret=\"gar-pull\"} 1"),
+        text.contains("pullsecret_injector_secrets_injected_total{secret=\"gar-pull\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pullsecret_injector_secrets_injected_total{secret=\"ghcr\"} 1"),
         "{text}"
     );
     assert!(

@@ -61,6 +61,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Self; 6] = [
+        Self::Patched,
+        Self::Unchanged,
+        Self::OptedOut,
+        Self::MirrorPod,
+        Self::Ignored,
+        Self::InvalidObject,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Patched => "patched",
