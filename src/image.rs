@@ -32,6 +32,9 @@ const TAG_LENGTH_MAX: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRef<'a> {
     domain: Cow<'a, str>,
+    /// Length of the host in `domain`: a port, if any, follows it after a ':'. Rules ask for
+    /// host and port once per rule, so the split is made once, here.
+    host_len: usize,
     path: Cow<'a, str>,
     tag: Option<&'a str>,
     digest: Option<&'a str>,
@@ -88,7 +91,7 @@ impl<'a> ImageRef<'a> {
             _ => (name_part, None),
         };
 
-        validate_domain(&domain)?;
+        let host_len = validate_domain(&domain)?;
         validate_path(path)?;
         if domain.len() + 1 + path.len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ImageError::NameTooLong);
@@ -113,6 +116,7 @@ impl<'a> ImageRef<'a> {
         });
         Ok(Self {
             domain,
+            host_len,
             path,
             tag: tag_in_s,
             digest: digest_in_s,
@@ -126,12 +130,12 @@ impl<'a> ImageRef<'a> {
 
     /// The registry host without the port.
     pub fn host(&self) -> &str {
-        split_port(&self.domain).0
+        &self.domain[..self.host_len]
     }
 
     /// The registry port, if the reference names one.
     pub fn port(&self) -> Option<&str> {
-        split_port(&self.domain).1
+        self.domain.get(self.host_len + 1..)
     }
 
     /// The repository path on the registry: `library/nginx`, `acme/jobs/nightly`.
@@ -206,7 +210,8 @@ fn split_domain(s: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     (Cow::Borrowed(domain), Cow::Borrowed(remote))
 }
 
-fn validate_domain(domain: &str) -> Result<(), ImageError> {
+/// Checks `host[:port]` and returns the length of the host.
+fn validate_domain(domain: &str) -> Result<usize, ImageError> {
     let bad = || ImageError::InvalidDomain(domain.to_owned());
     let (host, port) = split_port(domain);
     if let Some(port) = port
@@ -219,12 +224,12 @@ fn validate_domain(domain: &str) -> Result<(), ImageError> {
         if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
             return Err(bad());
         }
-        return Ok(());
+        return Ok(host.len());
     }
     if host.is_empty() || !host.split('.').all(is_domain_component) {
         return Err(bad());
     }
-    Ok(())
+    Ok(host.len())
 }
 
 /// `[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]`
