@@ -70,6 +70,11 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn peek(&mut self) -> Option<u8> {
+        // The API server sends compact JSON: whitespace is the exception.
+        let c = *self.b.get(self.i)?;
+        if c > b' ' {
+            return Some(c);
+        }
         self.ws();
         self.b.get(self.i).copied()
     }
