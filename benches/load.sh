@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark of the whole path: the release binary over TLS, HTTP/1.1 keep-alive (what
 # the API server uses) and HTTP/2, 16 and 64 connections, against a minimal rustls server
-# that returns a fixed answer (examples/fixed_answer.rs) on the same stack. Prints a Markdown
-# table; docs/performance.md has the method and the numbers.
+# that returns a fixed answer (examples/fixed_answer.rs) on the same stack, and the same
+# server parsing each body with serde_json first (the floor of any server that reads the
+# review). Prints Markdown tables; docs/performance.md has the method and the numbers.
 #
 #   bash benches/load.sh [seconds-per-run]      (default 10)
 #
@@ -56,8 +57,11 @@ for l in open(sys.argv[1]):
     d=json.loads(l)
     if d.get("message")=="serving": print(d["ready_ms"])' "$work/webhook.log")
 "$fixed" 127.0.0.1:18444 "$work/certs/tls.crt" "$work/certs/tls.key" 2>/dev/null &
-fixed_pid=$!; pids+=("$fixed_pid")
+pids+=($!)
+"$fixed" 127.0.0.1:18445 "$work/certs/tls.crt" "$work/certs/tls.key" --parse 2>/dev/null &
+pids+=($!)
 wait_port 18444
+wait_port 18445
 sleep 0.5
 idle_kib=$(rss "$webhook")
 
@@ -85,8 +89,8 @@ echo "|---|---|---|---|---|---|---|---|"
 declare -A result
 for proto in h1 h2; do
   for conns in 16 64; do
-    for server in webhook fixed; do
-      port=18443; [ "$server" = fixed ] && port=18444
+    for server in webhook fixed parse-only; do
+      case $server in webhook) port=18443 ;; fixed) port=18444 ;; *) port=18445 ;; esac
       read -r rps p50 p99 max errors < <(run "$server" "$port" "$proto" "$conns")
       result[$server-$proto-$conns]="$rps $p99"
       echo "| $server | $proto | $conns | $rps | $p50 | $p99 | $max | $errors |"
@@ -96,13 +100,14 @@ done
 peak_kib=$(hwm "$webhook")
 
 echo
-echo "| ratio (webhook / fixed answer) | req/s | p99 |"
-echo "|---|---|---|"
+echo "| ratio to the fixed answer | webhook req/s | webhook p99 | parse-only req/s | parse-only p99 |"
+echo "|---|---|---|---|---|"
 for proto in h1 h2; do
   for conns in 16 64; do
     read -r wr wp <<<"${result[webhook-$proto-$conns]}"
     read -r fr fp <<<"${result[fixed-$proto-$conns]}"
-    echo "| $proto, $conns connections | $(python3 -c "print(f'{$wr/$fr:.2f}')") | $(python3 -c "print(f'{$wp/$fp:.2f}')") |"
+    read -r pr pp <<<"${result[parse-only-$proto-$conns]}"
+    echo "| $proto, $conns connections | $(python3 -c "print(f'{$wr/$fr:.2f} | {$wp/$fp:.2f} | {$pr/$fr:.2f} | {$pp/$fp:.2f}')") |"
   done
 done
 echo

@@ -190,7 +190,7 @@ fn answer(
         Ok(decision) => {
             state.metrics.review(
                 decision.outcome,
-                elapsed.as_secs_f64(),
+                elapsed,
                 &decision.added,
                 decision.invalid_images.len(),
             );

@@ -217,14 +217,14 @@ async fn metrics_port_serves_prometheus_text() {
     let metrics = std::sync::Arc::new(pullsecret_injector::metrics::Metrics::new());
     metrics.review(
         pullsecret_injector::admission::Outcome::Patched,
-        0.0001,
+        std::time::Duration::from_micros(100),
         &["gar-pull".to_owned()],
         0,
     );
     // The second time a secret is counted takes the cached counter.
     metrics.review(
         pullsecret_injector::admission::Outcome::Patched,
-        0.0001,
+        std::time::Duration::from_micros(100),
         &["gar-pull".to_owned(), "ghcr".to_owned()],
         0,
     );
@@ -262,6 +262,16 @@ async fn metrics_port_serves_prometheus_text() {
         text.contains("# TYPE pullsecret_injector_admission_review_duration_seconds histogram"),
         "{text}"
     );
+    // Two reviews of 100 µs each: both in the 125 µs bucket, none in the 50 µs one.
+    for line in [
+        "pullsecret_injector_admission_review_duration_seconds_count 2",
+        "pullsecret_injector_admission_review_duration_seconds_sum 0.0002",
+        "pullsecret_injector_admission_review_duration_seconds_bucket{le=\"0.00005\"} 0",
+        "pullsecret_injector_admission_review_duration_seconds_bucket{le=\"0.000125\"} 2",
+        "pullsecret_injector_admission_review_duration_seconds_bucket{le=\"+Inf\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
     assert!(text.trim_end().ends_with("# EOF"));
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
