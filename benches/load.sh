@@ -6,6 +6,12 @@
 # review). Prints Markdown tables; docs/performance.md has the method and the numbers.
 #
 #   bash benches/load.sh [seconds-per-run]      (default 10)
+#   WORKERS=2 bash benches/load.sh               (runtime worker threads of every server)
+#
+# WORKERS (default 1) sets TOKIO_WORKER_THREADS for the three servers alike. One worker leaves
+# the other core to the load generator, as a webhook pod with a CPU limit of one core or less
+# would run; with two, servers and load generator overcommit the two cores and preempt each
+# other, which shows in the tails of all three servers.
 #
 # Installs oha (cargo install) under .tools/ when it is missing. Loopback only; every run is
 # bounded in time.
@@ -13,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 secs=${1:-10}
+export TOKIO_WORKER_THREADS=${WORKERS:-1}
 tools="$root/.tools"
 export PATH="$tools/bin:$PATH"
 if ! command -v oha >/dev/null; then
@@ -112,4 +119,4 @@ for proto in h1 h2; do
 done
 echo
 echo "webhook: ready in ${ready_ms} ms from spawn to first accepted connection (${internal_ready} ms by its own clock); RSS idle $((idle_kib / 1024)) MiB ($idle_kib KiB), peak under load $((peak_kib / 1024)) MiB ($peak_kib KiB)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); body: tests/data/deployment-pod.json ($(wc -c < "$body") bytes); ${secs}s per run; load generator and servers share the machine"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); body: tests/data/deployment-pod.json ($(wc -c < "$body") bytes); ${secs}s per run; $TOKIO_WORKER_THREADS runtime worker thread(s) per server; load generator and servers share the machine"
