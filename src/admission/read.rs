@@ -258,7 +258,7 @@ impl<'a> Reader<'a> {
     /// The raw bytes of a string whose opening quote was just read, and whether it has
     /// escapes. Checked as serde_json checks a string it skips: well-formed escapes, no
     /// control characters.
-    #[inline]
+    #[inline(always)]
     fn raw_str(&mut self) -> Option<(&'a [u8], bool)> {
         let start = self.i;
         let end = start + plain_run(&self.b[start..]);
