@@ -194,8 +194,9 @@ fn split_domain(s: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     let (domain, remote) = if maybe_domain == LEGACY_DOCKER_HUB {
         (DOCKER_HUB, rest)
     } else if maybe_domain == "localhost"
-        || maybe_domain.contains(['.', ':'])
-        || maybe_domain.bytes().any(|b| b.is_ascii_uppercase())
+        || maybe_domain
+            .bytes()
+            .any(|b| b == b'.' || b == b':' || b.is_ascii_uppercase())
     {
         (maybe_domain, rest)
     } else {
@@ -306,10 +307,12 @@ fn validate_tag(tag: &str) -> Result<(), ImageError> {
 fn validate_digest(digest: &str) -> Result<(), ImageError> {
     let bad = || ImageError::InvalidDigest(digest.to_owned());
     let (algorithm, hex) = digest.split_once(':').ok_or_else(bad)?;
-    let algorithm_ok = algorithm.split(['+', '.', '-', '_']).all(|part| {
-        let b = part.as_bytes();
-        !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(u8::is_ascii_alphanumeric)
-    });
+    let algorithm_ok = algorithm
+        .as_bytes()
+        .split(|b| matches!(b, b'+' | b'.' | b'-' | b'_'))
+        .all(|b| {
+            !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(u8::is_ascii_alphanumeric)
+        });
     if !algorithm_ok || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
