@@ -106,7 +106,8 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
 /// Once shutdown has begun, every HTTP/1.1 answer carries `Connection: close`: the client
 /// (the API server keeps idle connections to a terminating pod) opens its next connection
 /// elsewhere, and no idle connection is left to race with the final close. Called by each
-/// handler rather than as a middleware layer, which cost a boxed future per request.
+/// handler rather than as a middleware layer, which cost a boxed future per request; axum's
+/// own 404 and 405 answers go without it, and nothing that sends reviews or probes gets them.
 fn finish(state: &AppState, version: Version, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
     if version <= Version::HTTP_11 && !state.ready.load(Ordering::Acquire) {
