@@ -84,8 +84,8 @@ impl<'a> Reader<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
+    /// `word` at the current position; callers have peeked past the whitespace.
     fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.ws();
         self.b[self.i..]
             .starts_with(word)
             .then(|| self.i += word.len())
@@ -168,8 +168,8 @@ impl<'a> Reader<'a> {
                     open = open << 1 | u128::from(c == b'{');
                     true
                 }
-                b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => {
-                    self.scalar()?;
+                c @ (b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+                    self.scalar(c)?;
                     false
                 }
                 _ => return None,
@@ -205,9 +205,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A literal or a number.
-    fn scalar(&mut self) -> Option<()> {
-        match self.peek()? {
+    /// A literal or a number, starting with `first`, the byte just peeked.
+    fn scalar(&mut self, first: u8) -> Option<()> {
+        match first {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -429,50 +429,35 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn group_kind(&mut self) -> Option<GroupKind<'a>> {
-        let mut out = GroupKind {
-            group: Str::default(),
-            kind: Str::default(),
-        };
+    /// `{"group": ..., <name>: ...}`: a GroupKind or a GroupResource, missing fields empty.
+    fn group_and(&mut self, name: &[u8]) -> Option<(Str<'a>, Str<'a>)> {
+        let (mut group, mut other) = (Str::default(), Str::default());
         let mut seen = 0;
         self.object(|r, key| {
             match key.plain()? {
                 b"group" => {
                     once(&mut seen, 1)?;
-                    out.group = r.string()?;
+                    group = r.string()?;
                 }
-                b"kind" => {
+                k if k == name => {
                     once(&mut seen, 2)?;
-                    out.kind = r.string()?;
+                    other = r.string()?;
                 }
                 _ => r.skip()?,
             };
             Some(())
         })?;
-        Some(out)
+        Some((group, other))
+    }
+
+    fn group_kind(&mut self) -> Option<GroupKind<'a>> {
+        let (group, kind) = self.group_and(b"kind")?;
+        Some(GroupKind { group, kind })
     }
 
     fn group_resource(&mut self) -> Option<GroupResource<'a>> {
-        let mut out = GroupResource {
-            group: Str::default(),
-            resource: Str::default(),
-        };
-        let mut seen = 0;
-        self.object(|r, key| {
-            match key.plain()? {
-                b"group" => {
-                    once(&mut seen, 1)?;
-                    out.group = r.string()?;
-                }
-                b"resource" => {
-                    once(&mut seen, 2)?;
-                    out.resource = r.string()?;
-                }
-                _ => r.skip()?,
-            };
-            Some(())
-        })?;
-        Some(out)
+        let (group, resource) = self.group_and(b"resource")?;
+        Some(GroupResource { group, resource })
     }
 
     fn pod(&mut self) -> Option<PodIn<'a>> {
