@@ -423,28 +423,22 @@ fn patch_json(pod: &PodIn<'_>, annotations: &Annotations, add: &[&str]) -> Vec<u
     }
     let value = injected.join(",");
     out.extend_from_slice(br#",{"op":"add","path":"#);
-    match pod.metadata.as_ref() {
-        None => {
-            out.extend_from_slice(br#""/metadata","value":{"annotations":{"#);
-            push_json(&mut out, INJECTED_ANNOTATION);
-            out.push(b':');
-            push_json(&mut out, &value);
-            out.extend_from_slice(b"}}}");
-        }
-        Some(meta) if !meta.annotations.present => {
-            out.extend_from_slice(br#""/metadata/annotations","value":{"#);
-            push_json(&mut out, INJECTED_ANNOTATION);
-            out.push(b':');
-            push_json(&mut out, &value);
-            out.extend_from_slice(b"}}");
-        }
-        Some(_) => {
-            push_json(&mut out, INJECTED_POINTER);
-            out.extend_from_slice(br#","value":"#);
-            push_json(&mut out, &value);
-            out.push(b'}');
-        }
+    // The annotation alone, in a new annotations map, or in a new metadata holding that map.
+    let (path, open, close): (&str, &[u8], &[u8]) = match pod.metadata.as_ref() {
+        None => ("/metadata", br#"{"annotations":{"#, b"}}"),
+        Some(meta) if !meta.annotations.present => ("/metadata/annotations", b"{", b"}"),
+        Some(_) => (INJECTED_POINTER, b"", b""),
+    };
+    push_json(&mut out, path);
+    out.extend_from_slice(br#","value":"#);
+    out.extend_from_slice(open);
+    if !open.is_empty() {
+        push_json(&mut out, INJECTED_ANNOTATION);
+        out.push(b':');
     }
+    push_json(&mut out, &value);
+    out.extend_from_slice(close);
+    out.push(b'}');
     out.push(b']');
     out
 }
