@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::task::Poll;
+
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt, Collected, LengthLimitError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -25,7 +27,6 @@ use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, ReviewError};
 use crate::config::{self, ConfigStore};
@@ -71,17 +72,26 @@ pub struct AppState {
 /// The routes of the webhook port.
 pub fn router(state: AppState, limits: &Limits) -> Router {
     // One Arc for the whole state: every request clones it, and each clone is an atomic
-    // write the two cores would pass back and forth.
+    // write the two cores would pass back and forth. The body limit and the request timeout
+    // are applied by the /mutate handler itself (see [`read_body`]), not as layers: each
+    // layer wraps every route in one more boxed service.
     Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(Shared {
+            app: state,
+            max_body_bytes: limits.max_body_bytes,
+            request_timeout: limits.request_timeout,
+        }))
+}
+
+/// The state of the webhook routes: the handlers' shared parts and the request limits.
+#[derive(Debug)]
+struct Shared {
+    app: AppState,
+    max_body_bytes: usize,
+    request_timeout: Duration,
 }
 
 /// The routes of the metrics port.
@@ -119,58 +129,79 @@ fn finish(state: &AppState, version: Version, response: impl IntoResponse) -> Re
     response
 }
 
-async fn healthz(State(state): State<Arc<AppState>>, version: Version) -> Response {
-    finish(&state, version, "ok\n")
+async fn healthz(State(state): State<Arc<Shared>>, version: Version) -> Response {
+    finish(&state.app, version, "ok\n")
 }
 
-async fn readyz(State(state): State<Arc<AppState>>, version: Version) -> Response {
-    let answer = if state.ready.load(Ordering::Acquire) {
+async fn readyz(State(state): State<Arc<Shared>>, version: Version) -> Response {
+    let answer = if state.app.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     };
-    finish(&state, version, answer)
+    finish(&state.app, version, answer)
 }
 
-/// Whether the request's `Content-Type` is JSON; read in place, where the `HeaderMap`
-/// extractor would copy every header.
-struct JsonContent(bool);
-
-impl<S: Send + Sync> FromRequestParts<S> for JsonContent {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(is_json(&parts.headers)))
-    }
+async fn mutate(State(state): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, state.max_body_bytes, state.request_timeout).await;
+    let response = answer(&state.app, is_json(&parts.headers), body);
+    finish(&state.app, parts.version, response)
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    version: Version,
-    JsonContent(json): JsonContent,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let response = answer(&state, json, body);
-    finish(&state, version, response)
+/// Why a request body was not read.
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    TimedOut,
+    Unreadable(String),
 }
 
-fn answer(
-    state: &AppState,
-    json: bool,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+/// Reads the whole body, at most `limit` bytes, within `timeout`. The API server sends a
+/// review with its head, so the body is nearly always complete at the first poll: a timer is
+/// armed only when it is not, instead of for every request.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    let mut collect = std::pin::pin!(http_body_util::Limited::new(body, limit).collect());
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        Poll::Ready(collected) => collected,
+        Poll::Pending => tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| BodyError::TimedOut)?,
+    };
+    collected.map(Collected::to_bytes).map_err(|error| {
+        if error.is::<LengthLimitError>() {
+            BodyError::TooLarge
+        } else {
+            BodyError::Unreadable(error.to_string())
+        }
+    })
+}
+
+fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "unreadable"
+        Err(error) => {
+            let (status, reason, text) = match error {
+                BodyError::TooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "Failed to buffer the body: length limit exceeded".to_owned(),
+                ),
+                BodyError::TimedOut => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "Failed to buffer the body: not received in time".to_owned(),
+                ),
+                BodyError::Unreadable(error) => (
+                    StatusCode::BAD_REQUEST,
+                    "unreadable",
+                    format!("Failed to buffer the body: {error}"),
+                ),
             };
             state.metrics.rejected(reason);
-            tracing::warn!(%status, reason = %rejection.body_text(), "admission request rejected");
-            return (status, one_line(&rejection.body_text())).into_response();
+            tracing::warn!(%status, reason = %text, "admission request rejected");
+            return (status, one_line(&text)).into_response();
         }
     };
     if !json {

@@ -299,6 +299,13 @@ async fn slow_body_gets_408_and_the_server_keeps_serving() {
         .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("not received in time"), "{head}");
+    assert!(
+        server
+            .metrics
+            .encode()
+            .contains("pullsecret_injector_admission_rejected_total{reason=\"timeout\"} 1")
+    );
     let mut client = H1::connect(&server).await;
     assert_eq!(
         client
