@@ -76,18 +76,18 @@ impl<'a> ImageRef<'a> {
         let (domain, remainder) = split_domain(s);
 
         // Only the repository part must be lowercase: the tag may not be (`name:Latest`).
-        let remote_name = remainder.split(':').next().unwrap_or_default();
+        let remote_name = split_once_ascii(&remainder, b':').map_or(&*remainder, |(n, _)| n);
         if remote_name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(ImageError::Uppercase);
         }
 
-        let (name_part, digest) = match remainder.split_once('@') {
+        let (name_part, digest) = match split_once_ascii(&remainder, b'@') {
             Some((name, digest)) => (name, Some(digest)),
             None => (remainder.as_ref(), None),
         };
-        let (path, tag) = match name_part.rsplit_once(':') {
+        let (path, tag) = match rsplit_once_ascii(name_part, b':') {
             // A ':' after the last '/' starts a tag; the path itself has no ':'.
-            Some((path, tag)) if !tag.contains('/') => (path, Some(tag)),
+            Some((path, tag)) if !tag.bytes().any(|b| b == b'/') => (path, Some(tag)),
             _ => (name_part, None),
         };
 
@@ -170,11 +170,11 @@ impl fmt::Display for ImageRef<'_> {
 /// checked by [`validate_domain`], or a rule's host.
 pub fn split_port(domain: &str) -> (&str, Option<&str>) {
     let bracket_end = if domain.starts_with('[') {
-        domain.find(']').map_or(0, |i| i + 1)
+        domain.bytes().position(|b| b == b']').map_or(0, |i| i + 1)
     } else {
         0
     };
-    match domain[bracket_end..].rfind(':') {
+    match domain[bracket_end..].bytes().rposition(|b| b == b':') {
         Some(i) => (
             &domain[..bracket_end + i],
             Some(&domain[bracket_end + i + 1..]),
@@ -183,9 +183,22 @@ pub fn split_port(domain: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// `s.split_once(c)` for an ASCII `c`, as a plain byte scan: on strings as short as image
+/// references, the char searcher's memchr and memcmp cost more than the search itself.
+fn split_once_ascii(s: &str, c: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == c)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// `s.rsplit_once(c)` for an ASCII `c`; see [`split_once_ascii`].
+fn rsplit_once_ascii(s: &str, c: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().rposition(|b| b == c)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
 /// distribution's `splitDockerDomain`.
 fn split_domain(s: &str) -> (Cow<'_, str>, Cow<'_, str>) {
-    let Some((maybe_domain, rest)) = s.split_once('/') else {
+    let Some((maybe_domain, rest)) = split_once_ascii(s, b'/') else {
         return (
             Cow::Borrowed(DOCKER_HUB),
             Cow::Owned(format!("{OFFICIAL_REPO_PREFIX}{s}")),
@@ -202,7 +215,7 @@ fn split_domain(s: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     } else {
         (DOCKER_HUB, s)
     };
-    if domain == DOCKER_HUB && !remote.contains('/') {
+    if domain == DOCKER_HUB && !remote.bytes().any(|b| b == b'/') {
         return (
             Cow::Borrowed(DOCKER_HUB),
             Cow::Owned(format!("{OFFICIAL_REPO_PREFIX}{remote}")),
@@ -227,15 +240,19 @@ fn validate_domain(domain: &str) -> Result<usize, ImageError> {
         }
         return Ok(host.len());
     }
-    if host.is_empty() || !host.split('.').all(is_domain_component) {
+    if host.is_empty()
+        || !host
+            .as_bytes()
+            .split(|&b| b == b'.')
+            .all(is_domain_component)
+    {
         return Err(bad());
     }
     Ok(host.len())
 }
 
 /// `[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]`
-fn is_domain_component(label: &str) -> bool {
-    let b = label.as_bytes();
+fn is_domain_component(b: &[u8]) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
@@ -243,17 +260,17 @@ fn is_domain_component(label: &str) -> bool {
 }
 
 fn validate_path(path: &str) -> Result<(), ImageError> {
-    for component in path.split('/') {
+    for component in path.as_bytes().split(|&b| b == b'/') {
         if !is_path_component(component) {
-            return Err(ImageError::InvalidPath(component.to_owned()));
+            let component = String::from_utf8_lossy(component).into_owned();
+            return Err(ImageError::InvalidPath(component));
         }
     }
     Ok(())
 }
 
 /// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-fn is_path_component(component: &str) -> bool {
-    let b = component.as_bytes();
+fn is_path_component(b: &[u8]) -> bool {
     let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     let mut i = 0;
     loop {
@@ -306,7 +323,7 @@ fn validate_tag(tag: &str) -> Result<(), ImageError> {
 /// length of its hash (go-digest's `Digest.Validate`).
 fn validate_digest(digest: &str) -> Result<(), ImageError> {
     let bad = || ImageError::InvalidDigest(digest.to_owned());
-    let (algorithm, hex) = digest.split_once(':').ok_or_else(bad)?;
+    let (algorithm, hex) = split_once_ascii(digest, b':').ok_or_else(bad)?;
     let algorithm_ok = algorithm
         .as_bytes()
         .split(|b| matches!(b, b'+' | b'.' | b'-' | b'_'))
