@@ -274,7 +274,11 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let mime = v.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
+        let mime = v
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
         mime.trim_ascii().eq_ignore_ascii_case(b"application/json")
     })
 }
