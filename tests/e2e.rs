@@ -434,7 +434,14 @@ async fn prepare(run: &mut Run) {
     };
     let probe: Pod =
         serde_json::from_value(pod("probe", json!([{ "name": "c", "image": GAR_IMAGE }]))).unwrap();
-    eventually("the webhook to be called", || {
+    // Unreachable is the usual first-run failure (kind and VMs need PSI_E2E_HOST): say so.
+    let what = format!(
+        "the API server to call the webhook at https://{}:{}/mutate (is that address reachable \
+         from the API server? set PSI_E2E_HOST, see docs/e2e.md)",
+        url_host(&run.host),
+        run.port
+    );
+    eventually(&what, || {
         let (pods, probe, dry) = (&pods, &probe, &dry);
         async move {
             pods.create(dry, probe)
