@@ -89,7 +89,8 @@ pub struct ServeArgs {
     /// Largest AdmissionReview body accepted (bytes); larger ones get 413.
     #[arg(long, env = "PSI_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
-    /// Time limit to receive and answer one request; slower ones get 408.
+    /// Time limit to receive a request body (the answer itself takes microseconds); slower
+    /// bodies get 408.
     #[arg(long, env = "PSI_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// How often mounted files (config, certificates) are re-read, besides file events.

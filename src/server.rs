@@ -37,7 +37,8 @@ use crate::metrics::Metrics;
 pub struct Limits {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Time to read a request and answer it; slower ones get 408.
+    /// Time to receive a request body, from the end of its head; slower bodies get 408. An
+    /// HTTP/1.1 head is bounded by `idle_timeout`; the answer is computed in microseconds.
     pub request_timeout: Duration,
     /// Time to finish a TLS handshake.
     pub handshake_timeout: Duration,
