@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use pullsecret_injector::tls::{self, CertResolver};
 use serde::de::IgnoredAny;
 
@@ -54,9 +54,16 @@ async fn main() -> anyhow::Result<()> {
                     )
                 },
             );
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            // The protocol ALPN agreed on, as the webhook does.
+            let _ = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await
+            } else {
+                http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await
+            };
         });
     }
 }

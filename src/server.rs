@@ -1,8 +1,9 @@
 //! The HTTPS webhook server and the plain metrics server.
 //!
-//! TLS is terminated per connection with the current certificate (see [`crate::tls`]); hyper's
-//! auto builder speaks HTTP/1.1 with keep-alive (what the API server uses) and HTTP/2. On
-//! shutdown the accept loop stops, every connection is told to finish: in-flight requests
+//! TLS is terminated per connection with the current certificate (see [`crate::tls`]); hyper
+//! then speaks the protocol ALPN agreed on: HTTP/1.1 with keep-alive (what the API server
+//! uses, and the default without ALPN) or HTTP/2. Idle connections of either are closed after
+//! [`Limits::idle_timeout`]. On shutdown the accept loop stops, every connection is told to finish: in-flight requests
 //! complete, idle keep-alive connections close, HTTP/2 gets a GOAWAY.
 
 use std::future::Future;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,11 +22,12 @@ use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, Collected, LengthLimitError};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -42,8 +45,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Time to finish a TLS handshake.
     pub handshake_timeout: Duration,
-    /// How long an HTTP/1.1 connection may wait for the next request head. Longer than the
-    /// API server's own 90 s idle timeout, so we never close a connection it is about to reuse.
+    /// How long an HTTP/1.1 connection may wait for the next request head, and an HTTP/2
+    /// connection may go without sending anything. Longer than the API server's own 90 s idle
+    /// timeout, so we never close a connection it is about to reuse.
     pub idle_timeout: Duration,
     /// When draining starts, how long connections accepted just before may still send their
     /// request (answered with `Connection: close`) before idle ones are closed.
@@ -301,14 +305,13 @@ pub async fn serve_tls(
     drain_timeout: Duration,
 ) -> bool {
     let acceptor = TlsAcceptor::from(tls);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.idle_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let builders = Arc::new((h1, h2));
     let graceful = GracefulShutdown::new();
 
     tokio::pin!(stop);
@@ -328,9 +331,10 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let service = TowerToHyperService::new(app.clone());
         let handshake_timeout = limits.handshake_timeout;
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -343,8 +347,19 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(error) = watcher.watch(conn.into_owned()).await {
+            // The protocol is the one ALPN agreed on (HTTP/2 over TLS requires it), so no
+            // bytes are read to guess it: a connection that never sends a request is bounded
+            // by HTTP/1.1's header-read timeout, or by the idle watchdog for HTTP/2.
+            let (h1, h2) = &*builders;
+            let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let io = TokioIo::new(IdleIo::new(tls, idle_timeout));
+                watcher.watch(h2.serve_connection(io, service)).await
+            } else {
+                watcher
+                    .watch(h1.serve_connection(TokioIo::new(tls), service))
+                    .await
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
@@ -363,6 +378,88 @@ pub async fn serve_tls(
     tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_ok()
+}
+
+/// An HTTP/2 connection's transport that ends (reads as closed by the peer) once nothing has
+/// been read from it for `idle`. HTTP/2 has no idle timeout of its own in hyper, and a client
+/// that keeps a connection open without streams, or never sends its preface, would hold it
+/// for ever. Any frame, PINGs included, counts as activity. HTTP/1.1 needs none of this: its
+/// header-read timeout closes idle keep-alive connections.
+struct IdleIo<T> {
+    inner: T,
+    idle: Duration,
+    last_read: tokio::time::Instant,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            last_read: tokio::time::Instant::now(),
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.last_read = tokio::time::Instant::now();
+                return Poll::Ready(Ok(()));
+            }
+            ready => return ready,
+        }
+        // The timer is moved only when it fires, not on every read.
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            let deadline = this.last_read + this.idle;
+            if deadline <= tokio::time::Instant::now() {
+                tracing::debug!("closing an idle HTTP/2 connection");
+                return Poll::Ready(Ok(()));
+            }
+            this.sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Serves the metrics router over plain HTTP until `stop` completes.

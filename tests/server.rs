@@ -316,3 +316,135 @@ async fn slow_body_gets_408_and_the_server_keeps_serving() {
         200
     );
 }
+
+/// Reads until the server ends the connection; fails if it is still open after `within`.
+async fn closed_by_server(mut rx: impl tokio::io::AsyncRead + Unpin, within: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("the server did not close the connection: {seen:?}"));
+    seen
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_and_unfinished_heads_are_closed() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = TestServer::start(example_config(), limits).await;
+
+    // A keep-alive connection that answered one review, then sits idle.
+    let mut client = H1::connect(&server).await;
+    let reply = client
+        .send(mutate_request(fixture("job-pod.json")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !client.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A request head that never ends (a slow or stuck client) does not hold a connection.
+    let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (rx, mut tx) = tokio::io::split(tls);
+    use tokio::io::AsyncWriteExt;
+    tx.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let seen = closed_by_server(rx, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the idle timeout"
+    );
+    assert!(
+        seen.is_empty() || seen.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // A connection that never sends anything at all.
+    let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let _ = closed_by_server(tls, Duration::from_secs(5)).await;
+
+    // The server itself is fine.
+    let mut client = H1::connect(&server).await;
+    assert_eq!(
+        client
+            .send(mutate_request(fixture("job-pod.json")))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = TestServer::start(example_config(), limits).await;
+
+    // Busy for three idle periods: the same connection keeps answering.
+    let mut client = H2::connect(&server).await;
+    for _ in 0..9 {
+        let reply = client
+            .send(mutate_request(fixture("job-pod.json")))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!client.is_closed());
+
+    // Then idle: closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !client.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle HTTP/2 connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // HTTP/2 agreed by ALPN, but no preface ever sent.
+    let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"h2"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let _ = closed_by_server(tls, Duration::from_secs(5)).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    let mut client = H2::connect(&server).await;
+    assert_eq!(
+        client
+            .send(mutate_request(fixture("job-pod.json")))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}

@@ -285,6 +285,10 @@ impl H2 {
         self.sender.ready().await?;
         Reply::read(self.sender.send_request(request).await?).await
     }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
 }
 
 /// `GET path` over plain HTTP/1.1 (the metrics port).
