@@ -532,14 +532,7 @@ async fn gen_certs_script_certificates_verify_for_every_san_and_are_served() {
             .is_err()
     );
     let mut client = H1::connect_to(server.addr, &read("ca.crt")).await;
-    assert_eq!(
-        client
-            .send(mutate_request(fixture("job-pod.json")))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(client.review_status().await, 200);
 
     // Existing keys are kept unless --force.
     let again = run(&["--host", "localhost", "--out", out.to_str().unwrap()]);

@@ -307,14 +307,7 @@ async fn slow_body_gets_408_and_the_server_keeps_serving() {
             .contains("pullsecret_injector_admission_rejected_total{reason=\"timeout\"} 1")
     );
     let mut client = H1::connect(&server).await;
-    assert_eq!(
-        client
-            .send(mutate_request(fixture("job-pod.json")))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(client.review_status().await, 200);
 }
 
 /// Reads until the server ends the connection; fails if it is still open after `within`.
@@ -336,29 +329,22 @@ async fn closed_by_server(mut rx: impl tokio::io::AsyncRead + Unpin, within: Dur
     seen
 }
 
-#[tokio::test]
-async fn idle_keep_alive_connections_and_unfinished_heads_are_closed() {
+async fn start_with_idle_timeout(idle_timeout: Duration) -> TestServer {
     let limits = Limits {
-        idle_timeout: Duration::from_millis(300),
+        idle_timeout,
         ..Limits::default()
     };
-    let server = TestServer::start(example_config(), limits).await;
+    TestServer::start(example_config(), limits).await
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_and_unfinished_heads_are_closed() {
+    let server = start_with_idle_timeout(Duration::from_millis(300)).await;
 
     // A keep-alive connection that answered one review, then sits idle.
     let mut client = H1::connect(&server).await;
-    let reply = client
-        .send(mutate_request(fixture("job-pod.json")))
-        .await
-        .unwrap();
-    assert_eq!(reply.status, 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !client.is_closed() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle connection still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(client.review_status().await, 200);
+    until_closed("idle connection", || client.is_closed()).await;
 
     // A request head that never ends (a slow or stuck client) does not hold a connection.
     let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"http/1.1"])
@@ -389,45 +375,23 @@ async fn idle_keep_alive_connections_and_unfinished_heads_are_closed() {
 
     // The server itself is fine.
     let mut client = H1::connect(&server).await;
-    assert_eq!(
-        client
-            .send(mutate_request(fixture("job-pod.json")))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(client.review_status().await, 200);
 }
 
 #[tokio::test]
 async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
-    let limits = Limits {
-        idle_timeout: Duration::from_millis(300),
-        ..Limits::default()
-    };
-    let server = TestServer::start(example_config(), limits).await;
+    let server = start_with_idle_timeout(Duration::from_millis(300)).await;
 
     // Busy for three idle periods: the same connection keeps answering.
     let mut client = H2::connect(&server).await;
     for _ in 0..9 {
-        let reply = client
-            .send(mutate_request(fixture("job-pod.json")))
-            .await
-            .unwrap();
-        assert_eq!(reply.status, 200);
+        assert_eq!(client.review_status().await, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!client.is_closed());
 
     // Then idle: closed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !client.is_closed() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle HTTP/2 connection still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_closed("idle HTTP/2 connection", || client.is_closed()).await;
 
     // HTTP/2 agreed by ALPN, but no preface ever sent.
     let tls = tls_connect(server.addr, &server.ca_pem, "localhost", &[b"h2"])
@@ -439,12 +403,5 @@ async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
     assert!(started.elapsed() >= Duration::from_millis(250));
 
     let mut client = H2::connect(&server).await;
-    assert_eq!(
-        client
-            .send(mutate_request(fixture("job-pod.json")))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(client.review_status().await, 200);
 }

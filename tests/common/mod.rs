@@ -259,6 +259,14 @@ impl H1 {
         self.sender.ready().await?;
         Reply::read(self.sender.send_request(request).await?).await
     }
+
+    /// The status of a recorded review sent on this connection: "still serving?".
+    pub async fn review_status(&mut self) -> u16 {
+        self.send(mutate_request(fixture("job-pod.json")))
+            .await
+            .expect("an answer")
+            .status
+    }
 }
 
 /// An HTTP/2 connection; clones share it, each request a stream.
@@ -288,6 +296,23 @@ impl H2 {
 
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    /// The status of a recorded review sent on this connection: "still serving?".
+    pub async fn review_status(&mut self) -> u16 {
+        self.send(mutate_request(fixture("job-pod.json")))
+            .await
+            .expect("an answer")
+            .status
+    }
+}
+
+/// Waits until `is_closed` says the server has closed the connection; fails after 5 s.
+pub async fn until_closed(what: &str, is_closed: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !is_closed() {
+        assert!(std::time::Instant::now() < deadline, "{what} still open");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
