@@ -187,11 +187,7 @@ impl Metrics {
         added: &[String],
         invalid_images: usize,
     ) {
-        let index = Outcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or_default();
-        self.reviews[index].inc();
+        self.reviews[outcome.index()].inc();
         self.review_duration.observe(duration);
         if invalid_images > 0 {
             self.invalid_images.inc_by(invalid_images as u64);

@@ -3,17 +3,17 @@
 //! TLS is terminated per connection with the current certificate (see [`crate::tls`]); hyper
 //! then speaks the protocol ALPN agreed on: HTTP/1.1 with keep-alive (what the API server
 //! uses, and the default without ALPN) or HTTP/2. Idle connections of either are closed after
-//! [`Limits::idle_timeout`]. On shutdown the accept loop stops, every connection is told to finish: in-flight requests
-//! complete, idle keep-alive connections close, HTTP/2 gets a GOAWAY.
+//! [`Limits::idle_timeout`]. On shutdown the accept loop stops, every connection is told to
+//! finish: in-flight requests complete, idle keep-alive connections close, HTTP/2 gets a
+//! GOAWAY.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
-use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -187,23 +187,20 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
     let body = match body {
         Ok(body) => body,
         Err(error) => {
-            let (status, reason, text) = match error {
+            let (status, reason, detail) = match &error {
                 BodyError::TooLarge => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
-                    "Failed to buffer the body: length limit exceeded".to_owned(),
+                    "length limit exceeded",
                 ),
                 BodyError::TimedOut => (
                     StatusCode::REQUEST_TIMEOUT,
                     "timeout",
-                    "Failed to buffer the body: not received in time".to_owned(),
+                    "not received in time",
                 ),
-                BodyError::Unreadable(error) => (
-                    StatusCode::BAD_REQUEST,
-                    "unreadable",
-                    format!("Failed to buffer the body: {error}"),
-                ),
+                BodyError::Unreadable(error) => (StatusCode::BAD_REQUEST, "unreadable", &**error),
             };
+            let text = format!("Failed to buffer the body: {detail}");
             state.metrics.rejected(reason);
             tracing::warn!(%status, reason = %text, "admission request rejected");
             return (status, one_line(&text)).into_response();

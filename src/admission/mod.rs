@@ -70,6 +70,11 @@ impl Outcome {
         Self::InvalidObject,
     ];
 
+    /// The position of `self` in [`Self::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Patched => "patched",
@@ -81,6 +86,15 @@ impl Outcome {
         }
     }
 }
+
+// `ALL` lists the outcomes in declaration order, so `index` is the discriminant.
+const _: () = {
+    let mut i = 0;
+    while i < Outcome::ALL.len() {
+        assert!(Outcome::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
