@@ -615,12 +615,9 @@ impl<'a> Reader<'a> {
 /// and a loop exit that depends on each string's length is mispredicted.
 #[inline(always)]
 fn plain_run(s: &[u8]) -> usize {
-    if let Some((head, _)) = s.split_first_chunk::<16>() {
-        let (a, b) = head.split_at(8);
-        let (Ok(a), Ok(b)) = (<[u8; 8]>::try_from(a), <[u8; 8]>::try_from(b)) else {
-            return plain_run_words(s);
-        };
-        let flags = u128::from(flagged(a)) | u128::from(flagged(b)) << 64;
+    if let Some(head) = s.first_chunk::<16>() {
+        let x = u128::from_le_bytes(*head);
+        let flags = u128::from(flagged(x as u64)) | u128::from(flagged((x >> 64) as u64)) << 64;
         if flags != 0 {
             return flags.trailing_zeros() as usize / 8;
         }
@@ -629,14 +626,13 @@ fn plain_run(s: &[u8]) -> usize {
     plain_run_words(s)
 }
 
-/// The high bit of each byte of `chunk` that needs attention in a string is set: the byte
-/// is zero after the xor (quote, backslash) or below 0x20. Borrows can set it in bytes above
-/// a true one, never below: the lowest set bit is always true.
+/// The high bit of each byte of `x` (eight bytes read little-endian) that needs attention in
+/// a string is set: the byte is zero after the xor (quote, backslash) or below 0x20. Borrows
+/// can set it in bytes above a true one, never below: the lowest set bit is always true.
 #[inline(always)]
-fn flagged(chunk: [u8; 8]) -> u64 {
+fn flagged(x: u64) -> u64 {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
-    let x = u64::from_le_bytes(chunk);
     let quote = x ^ (ONES * u64::from(b'"'));
     let backslash = x ^ (ONES * u64::from(b'\\'));
     ((quote.wrapping_sub(ONES) & !quote)
@@ -650,7 +646,7 @@ fn flagged(chunk: [u8; 8]) -> u64 {
 fn plain_run_words(s: &[u8]) -> usize {
     let (chunks, tail) = s.as_chunks::<8>();
     for (k, chunk) in chunks.iter().enumerate() {
-        let flags = flagged(*chunk);
+        let flags = flagged(u64::from_le_bytes(*chunk));
         if flags != 0 {
             return k * 8 + flags.trailing_zeros() as usize / 8;
         }
