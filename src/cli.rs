@@ -12,8 +12,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission;
 use crate::config::Config;
+use crate::kube_client::KubeArgs;
 use crate::secret::CreateSecretArgs;
 use crate::server::Limits;
+use crate::sync::SyncArgs;
 
 /// Injects imagePullSecrets into Pods for the private registries you list, and keeps the
 /// pull Secrets present in every namespace labelled `pullsecret-injector.io/inject=enabled`.
@@ -76,9 +78,10 @@ pub struct ServeArgs {
     /// Run the webhook only, without the Secret sync.
     #[arg(long, env = "PSI_NO_SYNC")]
     pub no_sync: bool,
-    /// How often the sync re-checks every copy, besides reacting to events.
-    #[arg(long, env = "PSI_RESYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub resync_interval: Duration,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
     /// stop sending new connections, before draining.
     #[arg(long, env = "PSI_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod image;
+pub mod kube_client;
 pub mod logging;
 pub mod metrics;
 pub mod names;

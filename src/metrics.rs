@@ -36,6 +36,13 @@ struct SecretLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    method: String,
+    /// The HTTP status; 0 when no answer came.
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -60,6 +67,8 @@ pub struct Metrics {
     sync_conflicts: Family<SecretLabels, Counter>,
     sync_errors: Family<ReasonLabels, Counter>,
     sync_last_success: Gauge,
+    sync_verifications: Family<ReasonLabels, Counter>,
+    kube_api_requests: Family<ApiLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -154,6 +163,18 @@ impl Metrics {
             "Unix time of the last reconcile that finished without error",
             sync_last_success.clone(),
         );
+        let sync_verifications = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sync_namespace_verifications",
+            "Namespaces whose copies were read back from the API server, by reason (start, resync, admission)",
+            sync_verifications.clone(),
+        );
+        let kube_api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "kube_api_requests",
+            "Requests sent to the Kubernetes API, retries included, by method and status",
+            kube_api_requests.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -169,6 +190,8 @@ impl Metrics {
             sync_conflicts,
             sync_errors,
             sync_last_success,
+            sync_verifications,
+            kube_api_requests,
         }
     }
 
@@ -266,6 +289,21 @@ impl Metrics {
 
     pub fn sync_success(&self, unix_seconds: i64) {
         self.sync_last_success.set(unix_seconds);
+    }
+
+    pub fn sync_verified(&self, reason: &'static str) {
+        self.sync_verifications
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn kube_api_request(&self, method: &str, code: u16) {
+        self.kube_api_requests
+            .get_or_create(&ApiLabels {
+                method: method.to_owned(),
+                code,
+            })
+            .inc();
     }
 }
 

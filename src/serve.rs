@@ -13,8 +13,10 @@ use tokio::sync::watch;
 
 use crate::cli::{ServeArgs, TlsArgs};
 use crate::config::{Config, ConfigStore};
+use crate::kube_client;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Limits};
+use crate::sync::{self, Verifier};
 use crate::tls::{self, CertResolver};
 
 /// Hosts the self-signed certificate is made for.
@@ -64,47 +66,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_timeout: args.request_timeout,
         ..Limits::default()
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let verifier = start_sync(&args, &store, &metrics, stopped(stop_rx.clone())).await;
+
     let ready = Arc::new(AtomicBool::new(false));
     let app = server::router(
         AppState {
             config: store.clone(),
             metrics: metrics.clone(),
             ready: ready.clone(),
+            verifier,
         },
         &limits,
     );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let metrics_task = tokio::spawn(server::serve_metrics(
         metrics_listener,
         metrics.clone(),
         stopped(stop_rx.clone()),
     ));
-
-    if args.no_sync {
-        tracing::info!("secret sync is off (--no-sync)");
-    } else {
-        let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
-        match crate::sync::connect().await {
-            Ok(client) => {
-                tracing::info!(%namespace, "secret sync starting");
-                tokio::spawn(crate::sync::run(
-                    client,
-                    namespace,
-                    store.clone(),
-                    metrics.clone(),
-                    args.resync_interval,
-                    stopped(stop_rx.clone()),
-                ));
-            }
-            Err(error) => {
-                tracing::info!(%error, "no cluster reachable: the webhook runs alone, without the secret sync");
-            }
-        }
-    }
 
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -149,6 +131,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = metrics_task.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the secret sync when it is wanted and a cluster answers; the webhook's handle on it.
+async fn start_sync(
+    args: &ServeArgs,
+    store: &Arc<ConfigStore>,
+    metrics: &Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Verifier {
+    if args.no_sync {
+        tracing::info!("secret sync is off (--no-sync)");
+        return Verifier::disabled();
+    }
+    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    match kube_client::connect(&args.kube, metrics.clone()).await {
+        Ok(client) => {
+            tracing::info!(%namespace, "secret sync starting");
+            let (verifier, requests) = Verifier::new(args.sync.verify_on_admission);
+            tokio::spawn(sync::run(
+                client,
+                namespace,
+                store.clone(),
+                metrics.clone(),
+                args.sync.clone(),
+                requests,
+                stop,
+            ));
+            verifier
+        }
+        Err(error) => {
+            tracing::info!(%error, "no cluster reachable: the webhook runs alone, without the secret sync");
+            Verifier::disabled()
+        }
+    }
 }
 
 fn abort() -> ! {

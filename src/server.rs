@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{self, ReviewError};
 use crate::config::{self, ConfigStore};
 use crate::metrics::Metrics;
+use crate::sync::Verifier;
 
 /// Limits of the webhook port.
 #[derive(Clone, Debug)]
@@ -72,6 +73,8 @@ pub struct AppState {
     pub config: Arc<ConfigStore>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// Asks the sync to read back the copies of a namespace whose Pod needs them.
+    pub verifier: Verifier,
 }
 
 /// The routes of the webhook port.
@@ -222,6 +225,9 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
 
     match result {
         Ok(decision) => {
+            if decision.matched_images > 0 && !decision.dry_run {
+                state.verifier.request(&decision.namespace);
+            }
             state.metrics.review(
                 decision.outcome,
                 elapsed,

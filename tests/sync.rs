@@ -1,194 +1,48 @@
-//! The secret sync's reconcile against kube-rs' mock service (`tower-test`): a small fake
-//! API server keeps Secrets and Events in memory with the semantics the sync relies on
-//! (404s, server-side apply, resourceVersion and uid preconditions, immutable type), and can
-//! inject faults. Tests assert on the state it ends in.
+//! The secret sync's reconcile against kube-rs' mock service (`tower-test`) answered by the
+//! fake API server of `fake_api/` (404s, server-side apply, create, resourceVersion and uid
+//! preconditions, immutable type, injected faults). Each test calls reconcile the way the
+//! controller does and asserts on the state the fake ends in and on the requests it got.
 
-use std::collections::{BTreeMap, VecDeque};
+mod fake_api;
+
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
+use fake_api::FakeApi;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::ObjectMeta;
-use kube::client::Body;
+use kube::core::PartialObjectMetaExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
 use pullsecret_injector::config::{Config, ConfigStore};
 use pullsecret_injector::metrics::Metrics;
-use pullsecret_injector::sync::{self, Context, Error};
+use pullsecret_injector::sync::{self, Context, Error, NamespaceMeta};
 use serde_json::{Value, json};
 
 const OWN_NS: &str = "pullsecret-injector";
 
-// ---- the fake API server ------------------------------------------------------------------
-
-#[derive(Default)]
-struct State {
-    secrets: BTreeMap<(String, String), Value>,
-    events: Vec<Value>,
-    next_rv: u64,
-    /// Answers to give instead of the real one, for the next requests.
-    faults: VecDeque<u16>,
-    /// Someone else writes the object right after each GET, once.
-    race_after_get: bool,
-    requests: Vec<String>,
-}
-
-#[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<State>>);
-
-fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
-    (
-        code,
-        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code }),
-    )
-}
-
-impl FakeApi {
-    fn client(&self) -> kube::Client {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api = self.clone();
-        tokio::spawn(async move {
-            while let Some((request, send)) = handle.next_request().await {
-                let (code, body) = api.handle(request).await;
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                    .unwrap();
-                send.send_response(response);
-            }
-        });
-        kube::Client::new(service, "default")
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap()
-    }
-
-    async fn handle(&self, request: Request<Body>) -> (u16, Value) {
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let body = request.into_body().collect().await.unwrap().to_bytes();
-        let body: Value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).unwrap()
-        };
-        let mut st = self.state();
-        st.requests.push(format!("{method} {path}"));
-        if let Some(code) = st.faults.pop_front() {
-            return status(code, "Fault", "injected fault");
-        }
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (method.as_str(), parts.as_slice()) {
-            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
-                st.events.push(body.clone());
-                (201, body)
-            }
-            ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => (200, body),
-            (_, ["api", "v1", "namespaces", ns, "secrets", name]) => {
-                let key = (ns.to_string(), name.to_string());
-                st.secret(method.as_str(), key, body)
-            }
-            _ => status(404, "NotFound", &format!("unexpected {method} {path}")),
-        }
-    }
-}
-
-impl State {
-    fn bump(&mut self) -> String {
-        self.next_rv += 1;
-        self.next_rv.to_string()
-    }
-
-    fn secret(&mut self, method: &str, key: (String, String), body: Value) -> (u16, Value) {
-        let not_found = status(404, "NotFound", &format!("secrets \"{}\" not found", key.1));
-        match method {
-            "GET" => match self.secrets.get(&key).cloned() {
-                Some(secret) => {
-                    if std::mem::take(&mut self.race_after_get) {
-                        let rv = self.bump();
-                        self.secrets.get_mut(&key).unwrap()["metadata"]["resourceVersion"] =
-                            json!(rv);
-                    }
-                    (200, secret)
-                }
-                None => not_found,
-            },
-            "PATCH" => {
-                let rv = self.bump();
-                match self.secrets.get_mut(&key) {
-                    Some(existing) => {
-                        if let Some(want) = body["metadata"]["resourceVersion"].as_str()
-                            && existing["metadata"]["resourceVersion"] != want
-                        {
-                            return status(409, "Conflict", "the object has been modified");
-                        }
-                        if body.get("type").is_some() && existing["type"] != body["type"] {
-                            return status(422, "Invalid", "field is immutable: type");
-                        }
-                        for field in ["labels", "annotations"] {
-                            for (k, v) in body["metadata"][field]
-                                .as_object()
-                                .cloned()
-                                .unwrap_or_default()
-                            {
-                                existing["metadata"][field][k] = v;
-                            }
-                        }
-                        existing["data"] = body["data"].clone();
-                        existing["metadata"]["resourceVersion"] = json!(rv);
-                        (200, existing.clone())
-                    }
-                    None => {
-                        let mut created = body;
-                        created["metadata"]["uid"] = json!(format!("uid-{rv}"));
-                        created["metadata"]["resourceVersion"] = json!(rv);
-                        self.secrets.insert(key, created.clone());
-                        (201, created)
-                    }
-                }
-            }
-            "DELETE" => match self.secrets.get(&key) {
-                None => not_found,
-                Some(existing) => {
-                    let pre = &body["preconditions"];
-                    let mismatch = |field: &str| {
-                        pre[field].is_string() && pre[field] != existing["metadata"][field]
-                    };
-                    if mismatch("uid") || mismatch("resourceVersion") {
-                        return status(409, "Conflict", "precondition failed");
-                    }
-                    let gone = self.secrets.remove(&key).unwrap();
-                    (200, gone)
-                }
-            },
-            _ => status(405, "MethodNotAllowed", method),
-        }
-    }
-}
-
 // ---- fixtures -----------------------------------------------------------------------------
 
-fn namespace(name: &str, opted_in: bool) -> Arc<Namespace> {
+const RESYNC: Duration = Duration::from_secs(60);
+
+fn namespace(name: &str, opted_in: bool) -> Arc<NamespaceMeta> {
     let labels = opted_in.then(|| {
         BTreeMap::from([(
             "pullsecret-injector.io/inject".to_owned(),
             "enabled".to_owned(),
         )])
     });
-    Arc::new(Namespace {
-        metadata: ObjectMeta {
+    Arc::new(
+        ObjectMeta {
             name: Some(name.to_owned()),
             labels,
             ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    })
+        }
+        .into_response_partial::<Namespace>(),
+    )
 }
 
 fn source(name: &str, type_: &str, password: &str) -> Secret {
@@ -252,7 +106,7 @@ impl Harness {
             store.clone(),
             reader,
             metrics.clone(),
-            Duration::from_secs(60),
+            RESYNC,
         ));
         Self {
             api,
@@ -263,25 +117,16 @@ impl Harness {
         }
     }
 
-    async fn reconcile(&self, ns: &Arc<Namespace>) -> Result<Action, Error> {
+    async fn reconcile(&self, ns: &Arc<NamespaceMeta>) -> Result<Action, Error> {
         sync::reconcile(ns.clone(), self.ctx.clone()).await
     }
 
     fn copy(&self, ns: &str, name: &str) -> Option<Value> {
-        self.api
-            .state()
-            .secrets
-            .get(&(ns.to_owned(), name.to_owned()))
-            .cloned()
+        self.api.secret(ns, name)
     }
 
     fn put(&self, ns: &str, name: &str, secret: Value) {
-        let mut st = self.api.state();
-        let rv = st.bump();
-        let mut secret = secret;
-        secret["metadata"]["resourceVersion"] = json!(rv);
-        secret["metadata"]["uid"] = json!(format!("uid-{rv}"));
-        st.secrets.insert((ns.to_owned(), name.to_owned()), secret);
+        self.api.put_secret(ns, name, secret);
     }
 
     fn writes(&self) -> usize {
@@ -289,7 +134,7 @@ impl Harness {
             .state()
             .requests
             .iter()
-            .filter(|r| !r.starts_with("GET"))
+            .filter(|r| r.method != http::Method::GET)
             .count()
     }
 
@@ -313,10 +158,10 @@ async fn new_namespace_gets_a_copy_of_every_source() {
         .reconcile(&namespace("team-a", true))
         .await
         .expect("reconcile");
-    assert_eq!(
+    assert_ne!(
         action,
-        Action::requeue(Duration::from_secs(60)),
-        "opted-in namespaces are re-checked"
+        Action::await_change(),
+        "opted-in namespaces are read back at their slot"
     );
 
     for (name, src) in [("gar-pull", &gar), ("legacy", &legacy)] {
@@ -343,8 +188,8 @@ async fn new_namespace_gets_a_copy_of_every_source() {
     );
 }
 
-#[tokio::test]
-async fn a_current_copy_costs_one_get_and_no_write() {
+#[tokio::test(start_paused = true)]
+async fn a_known_current_copy_costs_nothing_until_its_read_back_then_one_get() {
     let h = Harness::new(
         &["gar-pull"],
         vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p1")],
@@ -352,9 +197,27 @@ async fn a_current_copy_costs_one_get_and_no_write() {
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
     let (writes, requests) = (h.writes(), h.requests());
+    // Watch restarts, config reloads and source events reconcile every namespace.
     h.reconcile(&ns).await.unwrap();
-    assert_eq!(h.writes(), writes, "no write when the copy is current");
+    tokio::time::advance(RESYNC / 3).await;
+    h.reconcile(&ns).await.unwrap();
+    assert_eq!(
+        h.requests(),
+        requests,
+        "no request before the read-back is due"
+    );
+    // Its slot comes between half an interval and one and a half after the last read.
+    tokio::time::advance(RESYNC * 3 / 2).await;
+    h.reconcile(&ns).await.unwrap();
     assert_eq!(h.requests(), requests + 1, "one GET per copy");
+    assert_eq!(h.writes(), writes, "no write when the copy is current");
+    h.reconcile(&ns).await.unwrap();
+    assert_eq!(h.requests(), requests + 1, "read back once per interval");
+    assert!(
+        h.metrics.encode().contains(
+            "pullsecret_injector_sync_namespace_verifications_total{reason=\"resync\"} 1"
+        )
+    );
 }
 
 #[tokio::test]
@@ -383,8 +246,8 @@ async fn rotation_updates_the_copy_in_place() {
     );
 }
 
-#[tokio::test]
-async fn a_copy_edited_by_someone_is_restored() {
+#[tokio::test(start_paused = true)]
+async fn a_copy_edited_by_someone_is_restored_at_its_read_back() {
     let src = source("gar-pull", sync::DOCKER_CONFIG_JSON, "p");
     let h = Harness::new(&["gar-pull"], vec![src.clone()]);
     let ns = namespace("team-a", true);
@@ -392,8 +255,29 @@ async fn a_copy_edited_by_someone_is_restored() {
     let mut edited = h.copy("team-a", "gar-pull").unwrap();
     edited["data"] = json!({ ".dockerconfigjson": "e30=" });
     h.put("team-a", "gar-pull", edited);
+    tokio::time::advance(RESYNC * 3 / 2).await;
     h.reconcile(&ns).await.unwrap();
     assert_eq!(h.copy("team-a", "gar-pull").unwrap()["data"], data_of(&src));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_copy_is_restored_at_once_when_the_webhook_asks() {
+    let src = source("gar-pull", sync::DOCKER_CONFIG_JSON, "p");
+    let h = Harness::new(&["gar-pull"], vec![src.clone()]);
+    let ns = namespace("team-a", true);
+    h.reconcile(&ns).await.unwrap();
+    h.api.delete_secret("team-a", "gar-pull");
+    h.reconcile(&ns).await.unwrap();
+    assert!(
+        h.copy("team-a", "gar-pull").is_none(),
+        "not due yet: no read"
+    );
+    h.ctx.request_verify("team-a");
+    h.reconcile(&ns).await.unwrap();
+    assert_eq!(h.copy("team-a", "gar-pull").unwrap()["data"], data_of(&src));
+    assert!(h.metrics.encode().contains(
+        "pullsecret_injector_sync_namespace_verifications_total{reason=\"admission\"} 1"
+    ));
 }
 
 #[tokio::test]
@@ -505,7 +389,8 @@ async fn api_errors_back_off_then_converge() {
         vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
     );
     let ns = namespace("team-a", true);
-    h.api.state().faults.extend([500, 403]);
+    h.api.fail_next(1, 500, None);
+    h.api.fail_next(1, 403, None);
     let first = h.reconcile(&ns).await.expect_err("500");
     assert_eq!(first.metric_label(), "server_error");
     assert_eq!(
@@ -527,8 +412,8 @@ async fn api_errors_back_off_then_converge() {
     );
 }
 
-#[tokio::test]
-async fn a_write_racing_ours_is_refused_then_retried() {
+#[tokio::test(start_paused = true)]
+async fn a_write_racing_our_read_back_is_refused_then_retried() {
     let mut h = Harness::new(
         &["gar-pull"],
         vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
@@ -538,6 +423,7 @@ async fn a_write_racing_ours_is_refused_then_retried() {
     let rotated = source("gar-pull", sync::DOCKER_CONFIG_JSON, "new");
     h.writer
         .apply_watcher_event(&watcher::Event::Apply(rotated.clone()));
+    tokio::time::advance(RESYNC * 3 / 2).await;
     h.api.state().race_after_get = true;
     let error = h.reconcile(&ns).await.expect_err("409");
     assert_eq!(error.metric_label(), "conflict");
@@ -545,6 +431,60 @@ async fn a_write_racing_ours_is_refused_then_retried() {
     assert_eq!(
         h.copy("team-a", "gar-pull").unwrap()["data"],
         data_of(&rotated)
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_onto_a_copy_changed_since_reads_it_first() {
+    let mut h = Harness::new(
+        &["gar-pull"],
+        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
+    );
+    let ns = namespace("team-a", true);
+    h.reconcile(&ns).await.unwrap();
+    // Someone adds a label of their own: a new resourceVersion, still our copy.
+    let mut touched = h.copy("team-a", "gar-pull").unwrap();
+    touched["metadata"]["labels"]["team"] = json!("a");
+    h.put("team-a", "gar-pull", touched);
+    let rotated = source("gar-pull", sync::DOCKER_CONFIG_JSON, "new");
+    h.writer
+        .apply_watcher_event(&watcher::Event::Apply(rotated.clone()));
+    h.reconcile(&ns).await.expect("one reconcile");
+    assert_eq!(
+        h.copy("team-a", "gar-pull").unwrap()["data"],
+        data_of(&rotated)
+    );
+    let tail: Vec<String> = h.api.requests()[2..]
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(
+        tail,
+        ["PATCH", "GET", "PATCH"],
+        "409 on the known version, read, apply"
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_taken_over_by_someone_is_left_to_them() {
+    let mut h = Harness::new(
+        &["gar-pull"],
+        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
+    );
+    let ns = namespace("team-a", true);
+    h.reconcile(&ns).await.unwrap();
+    let mine = json!({ "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": "e30=" } });
+    h.put("team-a", "gar-pull", mine);
+    h.writer.apply_watcher_event(&watcher::Event::Apply(source(
+        "gar-pull",
+        sync::DOCKER_CONFIG_JSON,
+        "new",
+    )));
+    h.reconcile(&ns).await.expect("a conflict is not an error");
+    assert_eq!(
+        h.copy("team-a", "gar-pull").unwrap()["data"][".dockerconfigjson"],
+        "e30=",
+        "no longer ours: untouched"
     );
 }
 
@@ -637,6 +577,7 @@ async fn a_terminating_namespace_is_not_written_to() {
         k8s_openapi::jiff::Timestamp::now(),
     ));
     assert!(!sync::is_opted_in(&ns));
+    assert!(sync::is_opted_in(namespace("team-a", true).as_ref()));
     h.reconcile(&Arc::new(ns)).await.unwrap();
     assert_eq!(h.writes(), 0);
 }
@@ -688,7 +629,7 @@ async fn no_secret_data_reaches_the_logs_at_any_level() {
         sync::DOCKER_CONFIG_JSON,
         &format!("{marker}-2"),
     )));
-    h.api.state().faults.push_back(500);
+    h.api.fail_next(1, 500, None);
     let _ = h.reconcile(&ns).await;
     let _ = h.reconcile(&ns).await;
     h.put(
@@ -718,4 +659,85 @@ async fn no_secret_data_reaches_the_logs_at_any_level() {
     for needle in [marker, &b64[..40], &as_bytes] {
         assert!(!logs.contains(needle), "secret data in the logs: {needle}");
     }
+}
+
+#[tokio::test]
+async fn a_fresh_install_creates_copies_without_reading_each_and_a_restart_only_reads() {
+    let names = ["a", "b", "c"];
+    let sources: Vec<Secret> = names
+        .iter()
+        .map(|n| source(n, sync::DOCKER_CONFIG_JSON, "p"))
+        .collect();
+    let api = FakeApi::default();
+    let fresh = Harness::with_api(api.clone(), &names, sources.clone());
+    for i in 0..4 {
+        fresh
+            .reconcile(&namespace(&format!("team-{i}"), true))
+            .await
+            .unwrap();
+    }
+    assert_eq!(api.state().secrets.len(), 12);
+    let first: Vec<String> = api
+        .requests()
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(
+        first[..3],
+        ["GET", "PATCH", "POST"],
+        "the first copy is read and found absent; from then on copies are created outright"
+    );
+    assert_eq!(first.len(), 13, "one request per copy, and one probe");
+
+    // A new process over the same copies: they exist, so it reads.
+    let restarted = Harness::with_api(api.clone(), &names, sources);
+    for i in 0..4 {
+        restarted
+            .reconcile(&namespace(&format!("team-{i}"), true))
+            .await
+            .unwrap();
+    }
+    let second: Vec<String> = api.requests()[13..]
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(second, vec!["GET"; 12], "one read per copy, no write");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_namespace_that_did_not_opt_in_is_swept_for_our_leftovers_once_at_its_slot() {
+    let h = Harness::new(
+        &["gar-pull"],
+        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+    );
+    // Left by an earlier process before the namespace opted out.
+    h.put(
+        "team-a",
+        "gar-pull",
+        json!({ "metadata": { "labels": { "app.kubernetes.io/managed-by": "pullsecret-injector" } },
+                "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": "e30=" } }),
+    );
+    let ns = namespace("team-a", false);
+    let mut swept = false;
+    for _ in 0..20 {
+        let action = h.reconcile(&ns).await.unwrap();
+        if action == Action::await_change() {
+            swept = true;
+            break;
+        }
+        assert_eq!(
+            h.requests(),
+            0,
+            "nothing is read before the namespace's slot"
+        );
+        tokio::time::advance(RESYNC / 10).await;
+    }
+    assert!(swept, "swept within one interval");
+    assert!(
+        h.copy("team-a", "gar-pull").is_none(),
+        "our leftover removed"
+    );
+    let requests = h.requests();
+    h.reconcile(&ns).await.unwrap();
+    assert_eq!(h.requests(), requests, "clean: no more requests");
 }

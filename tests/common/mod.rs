@@ -128,6 +128,7 @@ impl TestServer {
                 config: Arc::new(ConfigStore::new(config)),
                 metrics: metrics.clone(),
                 ready: ready.clone(),
+                verifier: pullsecret_injector::sync::Verifier::disabled(),
             },
             &limits,
         );

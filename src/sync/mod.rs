@@ -1,0 +1,205 @@
+//! Secret sync: a copy of each configured source Secret in every opted-in namespace.
+//!
+//! A kube-rs Controller over Namespaces (metadata only). Sources are watched in our own
+//! namespace only; in other namespaces we touch nothing but the configured names, by `get`,
+//! `create`, server-side `apply` and `delete` (`get`, `patch` and `delete` can be limited with
+//! RBAC `resourceNames`), so the injector never needs to list or watch anyone else's Secrets.
+//!
+//! What each copy costs:
+//! - at start, every copy in an opted-in namespace is read (or created, on a fresh install);
+//! - then nothing, until something changes: a rotated source is one write per copy, a newly
+//!   labelled namespace one read or create per secret, an opted-out one a delete per copy;
+//! - drift is found by reading every copy back once per `--resync-interval`, each namespace at
+//!   its own slot, so the reads come at an even rate; and right away in a namespace where the
+//!   webhook just injected a secret (`--verify-on-admission`), so a deleted copy is back
+//!   before the kubelet pulls.
+//!
+//! Several replicas may run this at once: every write is an idempotent apply of the same
+//! content, guarded by a resourceVersion or uid precondition, or a create that fails when the
+//! copy exists.
+
+mod memory;
+mod reconcile;
+mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+pub use reconcile::{
+    Context, DOCKER_CFG, DOCKER_CONFIG_JSON, Error, NamespaceMeta, content_hash, copy_of,
+    error_policy, is_opted_in, reconcile,
+};
+pub use verify::Verifier;
+
+use crate::config::ConfigStore;
+use crate::metrics::Metrics;
+
+#[derive(Clone, Debug, Args)]
+pub struct SyncArgs {
+    /// How often every copy is read back to repair drift, each namespace at its own slot of
+    /// the interval (events, rotations and new namespaces are handled at once regardless).
+    /// Every replica reads back on its own.
+    #[arg(long, env = "PSI_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// When the webhook injects a secret into a Pod, read that namespace's copies back right
+    /// then, at most once per this interval per namespace; 0s turns it off.
+    #[arg(long, env = "PSI_VERIFY_ON_ADMISSION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub verify_on_admission: Duration,
+    /// Namespaces reconciled at once.
+    #[arg(long, env = "PSI_SYNC_CONCURRENCY", default_value_t = 16)]
+    pub sync_concurrency: u16,
+}
+
+impl Default for SyncArgs {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(600),
+            verify_on_admission: Duration::from_secs(30),
+            sync_concurrency: 16,
+        }
+    }
+}
+
+/// Runs the sync until `stop` completes. `verify` carries the namespaces the webhook asks to
+/// have read back (see [`Verifier`]).
+pub async fn run(
+    client: Client,
+    namespace: String,
+    config: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    args: SyncArgs,
+    verify: impl futures::Stream<Item = String> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.shared();
+
+    // The sources' reflector runs on its own task, so its store fills whatever the
+    // controller does; reconciles never wait for it (see below).
+    let (sources, writer) = reflector::store::<Secret>();
+    let (changed_tx, changed_rx) = futures::channel::mpsc::channel::<()>(1);
+    let source_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let watched_config = config.clone();
+    let source_task = tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher(source_api, watcher::Config::default())
+                .default_backoff()
+                .modify(slim_source),
+        )
+        .touched_objects()
+        .for_each(move |secret| {
+            match secret {
+                Ok(secret) if watched_config.load().secrets().contains(&secret.name_any()) => {
+                    // Full means a reconcile of everything is pending already.
+                    let _ = changed_tx.clone().try_send(());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "watch of the source Secrets failed; retrying")
+                }
+            }
+            futures::future::ready(())
+        }),
+    );
+
+    // Before the first list of sources every source would look missing. Waited for once,
+    // here: the store's readiness wakes a single waiter, so reconciles that each waited on
+    // it were left pending for good, holding their namespaces without copies.
+    tokio::select! {
+        _ = sources.wait_until_ready() => {}
+        () = stop.clone() => {
+            source_task.abort();
+            return;
+        }
+    }
+    tracing::info!(
+        sources = sources.state().len(),
+        "source Secrets listed; reconciling namespaces"
+    );
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        namespace,
+        config.clone(),
+        sources,
+        metrics,
+        args.resync_interval,
+    ));
+
+    let config_changes = {
+        let ctx = ctx.clone();
+        let config = config.clone();
+        let mut previous = config.load().secrets().to_vec();
+        futures::stream::unfold(config.subscribe(), |mut rx| async move {
+            rx.changed().await.ok().map(|()| ((), rx))
+        })
+        .map(move |()| {
+            let current = config.load().secrets().to_vec();
+            ctx.config_changed(&previous, &current);
+            previous = current;
+        })
+    };
+    let verify_requests = {
+        let ctx = ctx.clone();
+        verify.map(move |ns| {
+            ctx.request_verify(&ns);
+            ObjectRef::new(&ns)
+        })
+    };
+
+    let (namespaces, ns_writer) = reflector::store::<NamespaceMeta>();
+    let deleted_ctx = ctx.clone();
+    let namespace_events = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|ns| {
+        // Labels and deletion are all reconcile reads.
+        ns.managed_fields_mut().clear();
+        ns.annotations_mut().clear();
+    })
+    .reflect(ns_writer)
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(ns)) = event {
+            deleted_ctx.namespace_deleted(&ns.name_any());
+        }
+    })
+    .applied_objects();
+
+    Controller::for_stream(namespace_events, namespaces)
+        .with_config(controller::Config::default().concurrency(args.sync_concurrency.max(1)))
+        .reconcile_all_on(futures::stream::select(changed_rx, config_changes))
+        .reconcile_on(verify_requests)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "sync controller event");
+            }
+        })
+        .await;
+    source_task.abort();
+    tracing::info!("secret sync stopped");
+}
+
+/// What the sources' store keeps of a Secret in our namespace: no managed fields, and no
+/// data unless it is of a pull-secret type (Helm keeps its releases as large Secrets here).
+fn slim_source(secret: &mut Secret) {
+    secret.managed_fields_mut().clear();
+    let type_ = secret.type_.as_deref().unwrap_or_default();
+    if type_ != DOCKER_CONFIG_JSON && type_ != DOCKER_CFG {
+        secret.data = None;
+        secret.string_data = None;
+    }
+}
