@@ -234,6 +234,69 @@ async fn webhook_points_at_the_port_and_path_the_server_serves() {
     );
 }
 
+/// The Deployment's container args, parsed by the binary's own command line.
+fn serve_args(docs: &[Value]) -> pullsecret_injector::cli::ServeArgs {
+    use clap::Parser as _;
+    let container = &find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let cli = pullsecret_injector::cli::Cli::try_parse_from(
+        std::iter::once("pullsecret-injector".to_owned()).chain(args),
+    )
+    .unwrap_or_else(|e| panic!("the binary refuses the chart's args: {e}"));
+    match cli.command {
+        pullsecret_injector::cli::Command::Serve(args) => *args,
+        other => panic!("not serve: {other:?}"),
+    }
+}
+
+#[test]
+fn sync_reads_back_once_per_ten_minutes_whatever_the_replicas() {
+    let Some(helm) = tool("helm") else { return };
+    let minutes = |args: &[&str]| {
+        let docs = documents(&template(&helm, args).unwrap());
+        serve_args(&docs).sync.resync_interval.as_secs() / 60
+    };
+    assert_eq!(minutes(&[]), 20, "two replicas by default");
+    assert_eq!(minutes(&["--set", "replicaCount=1"]), 10);
+    assert_eq!(minutes(&["--set", "replicaCount=3"]), 30);
+    assert_eq!(
+        minutes(&["--set", "resyncInterval=5m"]),
+        5,
+        "an explicit value wins"
+    );
+
+    let docs = documents(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "kubeApi.qps=200",
+                "--set",
+                "kubeApi.burst=20",
+                "--set",
+                "verifyOnAdmission=0s",
+                "--set",
+                "syncConcurrency=4",
+            ],
+        )
+        .unwrap(),
+    );
+    let args = serve_args(&docs);
+    assert_eq!(
+        (args.kube.kube_api_qps, args.kube.kube_api_burst),
+        (200, 20)
+    );
+    assert!(args.sync.verify_on_admission.is_zero());
+    assert_eq!(args.sync.sync_concurrency, 4);
+    assert!(template(&helm, &["--set", "kubeApi.qps=fast"]).is_err());
+    assert!(template(&helm, &["--set", "resyncInterval=often"]).is_err());
+}
+
 #[test]
 fn mirror_pods_are_skipped_by_match_conditions_from_1_28() {
     let Some(helm) = tool("helm") else { return };

@@ -88,8 +88,10 @@ impl Run {
             .args([
                 "--namespace",
                 &self.source_ns,
+                // Long: every repair below must come from a start, an event or an
+                // admission, not from the periodic read-back.
                 "--resync-interval",
-                "3s",
+                "30m",
                 "--shutdown-grace",
                 "5s",
             ])
@@ -612,6 +614,36 @@ async fn cases(run: &mut Run) {
 
     sync_cases(run).await;
     webhook_down_case(run).await;
+    restart_case(run).await;
+}
+
+/// 9. Restarts: what changed while the injector was stopped is repaired by the next start,
+/// every time (the sources' readiness used to strand namespaces listed before them).
+async fn restart_case(run: &mut Run) {
+    let (a, b) = (run.ns_a.clone(), run.ns_b.clone());
+    run.set_opt_in(&b, true).await;
+    eventually("the copy in the second opted-in namespace", || async {
+        run.secrets(&b).get_opt("gar-pull").await.ok().flatten()
+    })
+    .await;
+    for round in 0..3 {
+        run.stop_server();
+        for ns in [&a, &b] {
+            let _ = run
+                .secrets(ns)
+                .delete("gar-pull", &DeleteParams::default())
+                .await;
+        }
+        run.start_server();
+        for ns in [&a, &b] {
+            eventually(
+                &format!("restart {round}: the copy in {ns} restored"),
+                || async { run.secrets(ns).get_opt("gar-pull").await.ok().flatten() },
+            )
+            .await;
+        }
+    }
+    run.set_opt_in(&b, false).await;
 }
 
 /// 6. The sync: copy, rotation, opt-out, and a foreign Secret left alone.
@@ -664,12 +696,19 @@ async fn sync_cases(run: &Run) {
     .await;
     assert_eq!(updated.uid(), uid, "updated in place");
 
-    // A copy someone deletes comes back.
+    // A copy someone deletes comes back as soon as a Pod that needs it is admitted.
     run.secrets(&a)
         .delete("gar-pull", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the deleted copy restored", || async {
+    let stored = run
+        .create_pod(
+            &a,
+            pod("after-delete", json!([{ "name": "c", "image": GAR_IMAGE }])),
+        )
+        .await;
+    assert_eq!(pull_secrets(&stored), ["gar-pull"]);
+    eventually("the deleted copy restored at admission", || async {
         run.secrets(&a).get_opt("gar-pull").await.ok().flatten()
     })
     .await;

@@ -64,6 +64,42 @@ async fn recorded_reviews_over_http1_keep_alive() {
 }
 
 #[tokio::test]
+async fn a_pod_that_needs_a_secret_has_its_namespace_read_back_once() {
+    let (verifier, mut requests) =
+        pullsecret_injector::sync::Verifier::new(std::time::Duration::from_secs(30));
+    let server = TestServer::start_verifying(example_config(), verifier).await;
+    let mut client = H1::connect(&server).await;
+    let mut no_match: Value = serde_json::from_slice(&fixture("job-pod.json")).unwrap();
+    no_match["request"]["object"]["spec"]["containers"][0]["image"] = "quay.io/public/x:1".into();
+    let mut elsewhere: Value = serde_json::from_slice(&fixture("job-pod.json")).unwrap();
+    elsewhere["request"]["namespace"] = "team-b".into();
+    let bodies = [
+        // Nothing of ours is pulled for these: no read-back.
+        fixture("dry-run-pod.json"),
+        fixture("opted-out-pod.json"),
+        serde_json::to_vec(&no_match).unwrap(),
+        // These pull with our copies.
+        fixture("deployment-pod.json"),
+        fixture("job-pod.json"),
+        serde_json::to_vec(&elsewhere).unwrap(),
+    ];
+    for body in bodies {
+        let reply = client.send(mutate_request(body)).await.expect("request");
+        assert_eq!(reply.status, 200);
+    }
+    drop(server);
+    let mut asked = Vec::new();
+    while let Ok(ns) = requests.try_recv() {
+        asked.push(ns);
+    }
+    assert_eq!(
+        asked,
+        ["team-a", "team-b"],
+        "once per namespace within the interval"
+    );
+}
+
+#[tokio::test]
 async fn many_reviews_on_one_http1_connection() {
     let server = start().await;
     let mut client = H1::connect(&server).await;

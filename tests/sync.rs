@@ -368,6 +368,16 @@ async fn a_missing_source_is_an_error_and_the_others_still_sync() {
             .encode()
             .contains("pullsecret_injector_sync_errors_total{reason=\"missing_source\"} 1")
     );
+    // Retries (every minute at most, for as long as the source is missing) read nothing.
+    let requests = h.requests();
+    h.reconcile(&namespace("team-a", true))
+        .await
+        .expect_err("still missing");
+    assert_eq!(
+        h.requests(),
+        requests,
+        "no read of the other copies on retry"
+    );
 }
 
 #[tokio::test]

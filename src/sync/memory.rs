@@ -4,10 +4,10 @@
 //! namespace), a rotation is one write per copy, and the periodic read-back of every copy is
 //! spread evenly over the resync interval instead of coming all at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -19,10 +19,11 @@ use tokio::time::Instant;
 const LEAN_LIMIT: i32 = 8;
 
 /// A copy as the sync last saw it: its own, and current for the source of this fingerprint.
+/// Kept small: there is one per copy, thousands of them. The resourceVersion alone serves as
+/// the precondition of a write or a delete (a recreated object never has the same one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Known {
-    pub uid: String,
-    pub resource_version: String,
+    pub resource_version: Box<str>,
     /// [`fingerprint`] of the source hash the copy carries.
     pub source: u64,
 }
@@ -30,8 +31,7 @@ pub struct Known {
 impl Known {
     pub fn of(secret: &Secret, source_hash: &str) -> Self {
         Self {
-            uid: secret.uid().unwrap_or_default(),
-            resource_version: secret.resource_version().unwrap_or_default(),
+            resource_version: secret.resource_version().unwrap_or_default().into(),
             source: fingerprint(source_hash),
         }
     }
@@ -48,7 +48,8 @@ pub fn fingerprint(source_hash: &str) -> u64 {
 
 #[derive(Debug, Default)]
 struct Namespace {
-    copies: Vec<(String, Known)>,
+    /// By secret name; the names are shared with every other namespace (see [`Memory::name`]).
+    copies: Vec<(Arc<str>, Known)>,
     verified_at: Option<Instant>,
     verify_requested: bool,
     /// Not opted in, and known to hold none of our copies.
@@ -80,7 +81,9 @@ impl Verify {
 pub struct Memory {
     origin: Instant,
     resync: Duration,
-    namespaces: Mutex<HashMap<String, Namespace>>,
+    namespaces: Mutex<HashMap<Box<str>, Namespace>>,
+    /// One allocation per configured secret name, not one per copy.
+    names: Mutex<HashSet<Arc<str>>>,
     /// Positive while most unknown copies probed were absent, negative while most existed.
     lean: AtomicI32,
 }
@@ -91,11 +94,12 @@ impl Memory {
             origin: Instant::now(),
             resync: resync.max(Duration::from_secs(1)),
             namespaces: Mutex::default(),
+            names: Mutex::default(),
             lean: AtomicI32::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Namespace>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Namespace>> {
         // A panic elsewhere must not stop the sync: at worst a copy is read once more.
         self.namespaces
             .lock()
@@ -107,7 +111,7 @@ impl Memory {
             .get(ns)?
             .copies
             .iter()
-            .find(|(name, _)| name == secret)
+            .find(|(name, _)| &**name == secret)
             .map(|(_, known)| known.clone())
     }
 
@@ -115,23 +119,39 @@ impl Memory {
     pub fn copies(&self, ns: &str) -> Vec<(String, Known)> {
         self.lock()
             .get(ns)
-            .map(|n| n.copies.clone())
+            .map(|n| {
+                n.copies
+                    .iter()
+                    .map(|(name, known)| (name.to_string(), known.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
+    fn name(&self, secret: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = names.get(secret) {
+            return name.clone();
+        }
+        let name: Arc<str> = secret.into();
+        names.insert(name.clone());
+        name
+    }
+
     pub fn remember(&self, ns: &str, secret: &str, known: Known) {
+        let name = self.name(secret);
         let mut all = self.lock();
-        let entry = all.entry(ns.to_owned()).or_default();
+        let entry = all.entry(ns.into()).or_default();
         entry.clean = false;
-        match entry.copies.iter_mut().find(|(name, _)| name == secret) {
+        match entry.copies.iter_mut().find(|(n, _)| **n == *secret) {
             Some((_, slot)) => *slot = known,
-            None => entry.copies.push((secret.to_owned(), known)),
+            None => entry.copies.push((name, known)),
         }
     }
 
     pub fn forget(&self, ns: &str, secret: &str) {
         if let Some(entry) = self.lock().get_mut(ns) {
-            entry.copies.retain(|(name, _)| name != secret);
+            entry.copies.retain(|(name, _)| &**name != secret);
         }
     }
 
@@ -146,7 +166,7 @@ impl Memory {
 
     pub fn set_clean(&self, ns: &str, now: Instant) {
         let mut all = self.lock();
-        let entry = all.entry(ns.to_owned()).or_default();
+        let entry = all.entry(ns.into()).or_default();
         entry.copies.clear();
         entry.clean = true;
         entry.verified_at = Some(now);
@@ -155,10 +175,7 @@ impl Memory {
 
     /// The webhook asks that `ns`'s copies be read back at its next reconcile.
     pub fn request_verify(&self, ns: &str) {
-        self.lock()
-            .entry(ns.to_owned())
-            .or_default()
-            .verify_requested = true;
+        self.lock().entry(ns.into()).or_default().verify_requested = true;
     }
 
     /// Whether `ns`'s copies are to be read back now, and why. An opted-in namespace never
@@ -181,7 +198,7 @@ impl Memory {
 
     pub fn verified(&self, ns: &str, now: Instant) {
         let mut all = self.lock();
-        let entry = all.entry(ns.to_owned()).or_default();
+        let entry = all.entry(ns.into()).or_default();
         entry.verified_at = Some(now);
         entry.verify_requested = false;
     }

@@ -43,6 +43,7 @@ pub use verify::Verifier;
 
 use crate::config::ConfigStore;
 use crate::metrics::Metrics;
+use crate::names::INJECT_LABEL;
 
 #[derive(Clone, Debug, Args)]
 pub struct SyncArgs {
@@ -164,11 +165,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(|ns| {
-        // Labels and deletion are all reconcile reads.
-        ns.managed_fields_mut().clear();
-        ns.annotations_mut().clear();
-    })
+    .modify(slim_namespace)
     .reflect(ns_writer)
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(ns)) = event {
@@ -191,6 +188,25 @@ pub async fn run(
         .await;
     source_task.abort();
     tracing::info!("secret sync stopped");
+}
+
+/// What the namespaces' store keeps: the name, our label and the deletion mark, all reconcile
+/// reads (the watcher has taken the resourceVersion to resume from before this runs).
+fn slim_namespace(ns: &mut NamespaceMeta) {
+    let meta = &mut ns.metadata;
+    let opt_in = meta
+        .labels
+        .as_mut()
+        .and_then(|labels| labels.remove_entry(INJECT_LABEL));
+    meta.labels = opt_in.map(|(k, v)| std::collections::BTreeMap::from([(k, v)]));
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+    meta.uid = None;
+    meta.resource_version = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
 }
 
 /// What the sources' store keeps of a Secret in our namespace: no managed fields, and no

@@ -210,23 +210,30 @@ async fn serve(
 ) -> Result<Action, Error> {
     let config = ctx.config.load();
     let mut first_error = None;
+    // A missing or mistyped source is a config problem: the copies that could be read were,
+    // and retries need not read them again. An API error leaves the read-back due.
+    let mut all_read = true;
     for secret in config.secrets() {
         if let Err(error) = ensure_copy(ctx, api, ns, secret, due.is_some()).await {
             ctx.metrics.sync_error(error.metric_label());
             tracing::warn!(namespace = %ns, secret = %secret, %error, "sync failed");
+            all_read &= !matches!(error, Error::Kube(_));
             first_error.get_or_insert(error);
         }
     }
     if let Err(error) = remove_retired(ctx, api, ns, due.is_some()).await {
+        all_read = false;
         first_error.get_or_insert(error);
+    }
+    let now = Instant::now();
+    if let Some(reason) = due
+        && all_read
+    {
+        ctx.memory.verified(ns, now);
+        ctx.metrics.sync_verified(reason.as_str());
     }
     if let Some(error) = first_error {
         return Err(error);
-    }
-    let now = Instant::now();
-    if let Some(reason) = due {
-        ctx.memory.verified(ns, now);
-        ctx.metrics.sync_verified(reason.as_str());
     }
     Ok(Action::requeue(ctx.memory.next_check(ns, now)))
 }
@@ -301,7 +308,7 @@ async fn ensure_copy(
         if known.source == fingerprint(&hash) {
             return Ok(());
         }
-        match apply(api, desired.clone(), Some(&known.resource_version)).await {
+        match apply(api, desired.clone(), Some(&*known.resource_version)).await {
             Ok(applied) => {
                 applied_copy(ctx, ns, name, &applied, &hash);
                 return Ok(());
@@ -422,8 +429,8 @@ async fn remove_known(
 ) -> Result<(), Error> {
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: Some(copy.uid.clone()),
-            resource_version: Some(copy.resource_version.clone()),
+            uid: None,
+            resource_version: Some(copy.resource_version.to_string()),
         }),
         ..DeleteParams::default()
     };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use pullsecret_injector::config::Config;
+use pullsecret_injector::sync::Verifier;
 use serde_json::Value;
 
 pub fn data_path(name: &str) -> PathBuf {
@@ -110,6 +111,18 @@ impl TestServer {
         Self::start_with(config, limits, &pair.cert_pem, &pair.key_pem, &pair.ca_pem).await
     }
 
+    /// Serves with a handle on the sync that the reviews ask for read-backs.
+    pub async fn start_verifying(config: Config, verifier: Verifier) -> Self {
+        let pair = tls::self_signed(&["localhost", "127.0.0.1"]).expect("test certificate");
+        Self::serve(
+            config,
+            Limits::default(),
+            (&pair.cert_pem, &pair.key_pem, &pair.ca_pem),
+            verifier,
+        )
+        .await
+    }
+
     /// Serves with the given certificate chain and key; `ca_pem` is what clients will trust.
     pub async fn start_with(
         config: Config,
@@ -117,6 +130,21 @@ impl TestServer {
         cert_pem: &str,
         key_pem: &str,
         ca_pem: &str,
+    ) -> Self {
+        Self::serve(
+            config,
+            limits,
+            (cert_pem, key_pem, ca_pem),
+            Verifier::disabled(),
+        )
+        .await
+    }
+
+    async fn serve(
+        config: Config,
+        limits: Limits,
+        (cert_pem, key_pem, ca_pem): (&str, &str, &str),
+        verifier: Verifier,
     ) -> Self {
         let key = tls::certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), "cert", "key")
             .expect("usable certificate and key");
@@ -128,7 +156,7 @@ impl TestServer {
                 config: Arc::new(ConfigStore::new(config)),
                 metrics: metrics.clone(),
                 ready: ready.clone(),
-                verifier: pullsecret_injector::sync::Verifier::disabled(),
+                verifier,
             },
             &limits,
         );
