@@ -47,6 +47,19 @@ async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// Whether every namespace gets a copy of every secret within `limit`.
+async fn copies_everywhere(
+    api: &FakeApi,
+    namespaces: &[String],
+    secrets: &[&str],
+    limit: Duration,
+) -> bool {
+    eventually(limit, || {
+        missing_copies(api, namespaces, secrets).is_empty()
+    })
+    .await
+}
+
 fn missing_copies(api: &FakeApi, namespaces: &[String], secrets: &[&str]) -> Vec<String> {
     let mut missing = Vec::new();
     for ns in namespaces {
@@ -154,19 +167,13 @@ async fn namespaces_listed_before_the_sources_all_get_their_copies() {
         Duration::from_secs(1),
     );
 
-    let store = Arc::new(ConfigStore::new(config(&["gar-pull"])));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sync::run(
+    // A plain client: the ordering alone must not strand a namespace.
+    let sync = Running::start_with(
         api.client(),
-        OWN_NS.to_owned(),
-        store,
+        &["gar-pull"],
+        SyncArgs::default(),
         Arc::new(Metrics::new()),
-        sync::SyncArgs::default(),
-        futures::stream::pending(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    );
 
     let converged = eventually(Duration::from_secs(300), || {
         missing_copies(&api, &namespaces, &["gar-pull"]).is_empty()
@@ -177,8 +184,7 @@ async fn namespaces_listed_before_the_sources_all_get_their_copies() {
         "copies still missing after 5 minutes: {:?}",
         missing_copies(&api, &namespaces, &["gar-pull"])
     );
-    let _ = stop_tx.send(());
-    let _ = task.await;
+    sync.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,15 +193,7 @@ async fn a_watch_that_loses_its_history_relists_and_misses_nothing() {
     let secrets = ["gar-pull", "ghcr"];
     let namespaces = cluster(&api, 3, &secrets);
     let sync = Running::start(&api, &secrets, args(), KubeArgs::default());
-    assert!(
-        eventually(Duration::from_secs(10), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(10)).await);
 
     // The watches stall; meanwhile a namespace opts in, one opts out, a source rotates; then
     // the history is compacted: resuming gets 410 Gone, and only a new list tells.
@@ -242,15 +240,7 @@ async fn a_source_created_after_the_namespaces_reaches_them_at_once() {
     );
     api.put_secret(OWN_NS, "gar-pull", source("late"));
     // Sooner than any backoff: the source's own event reconciles every namespace.
-    assert!(
-        eventually(Duration::from_millis(500), || missing_copies(
-            &api,
-            &namespaces,
-            &["gar-pull"]
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &["gar-pull"], Duration::from_millis(500)).await);
     sync.stop().await;
 }
 
@@ -259,26 +249,10 @@ async fn a_rule_added_by_a_config_reload_is_copied_everywhere() {
     let api = FakeApi::default();
     let namespaces = cluster(&api, 4, &["gar-pull", "ghcr"]);
     let sync = Running::start(&api, &["gar-pull"], args(), KubeArgs::default());
-    assert!(
-        eventually(Duration::from_secs(10), || missing_copies(
-            &api,
-            &namespaces,
-            &["gar-pull"]
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &["gar-pull"], Duration::from_secs(10)).await);
     assert!(missing_copies(&api, &namespaces, &["ghcr"]).len() == 4);
     sync.store.store(config(&["gar-pull", "ghcr"]));
-    assert!(
-        eventually(Duration::from_secs(1), || missing_copies(
-            &api,
-            &namespaces,
-            &["ghcr"]
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &["ghcr"], Duration::from_secs(1)).await);
     // And a rule removed takes its copies with it.
     sync.store.store(config(&["ghcr"]));
     assert!(
@@ -302,15 +276,7 @@ async fn a_429_storm_pauses_every_request_for_its_retry_after_then_converges() {
     // Everything the injector sends first is refused, lists included.
     api.fail_next(40, 429, Some(2));
     let sync = Running::start(&api, &secrets, args(), KubeArgs::default());
-    assert!(
-        eventually(Duration::from_secs(300), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(300)).await);
 
     // After each 429, nothing was sent for its Retry-After (requests already on their way
     // apart: they were answered at that same instant).
@@ -334,15 +300,7 @@ async fn a_5xx_storm_backs_off_then_converges() {
     let sync = Running::start(&api, &secrets, args(), KubeArgs::default());
     tokio::time::sleep(Duration::from_millis(10)).await;
     api.fail_next(200, 500, None);
-    assert!(
-        eventually(Duration::from_secs(300), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(300)).await);
     sync.stop().await;
 }
 
@@ -353,15 +311,7 @@ async fn two_replicas_starting_at_once_write_each_copy_once_and_then_agree() {
     let namespaces = cluster(&api, 10, &secrets);
     let one = Running::start(&api, &secrets, args(), KubeArgs::default());
     let two = Running::start(&api, &secrets, args(), KubeArgs::default());
-    assert!(
-        eventually(Duration::from_secs(10), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let writes = |api: &FakeApi| {
         api.requests()
@@ -401,15 +351,7 @@ async fn rotation_opt_in_and_opt_out_while_running() {
     let secrets = ["gar-pull"];
     let namespaces = cluster(&api, 5, &secrets);
     let sync = Running::start(&api, &secrets, args(), KubeArgs::default());
-    assert!(
-        eventually(Duration::from_secs(10), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(10)).await);
     let uid = api.secret("team-1", "gar-pull").unwrap()["metadata"]["uid"].clone();
 
     api.put_secret(OWN_NS, "gar-pull", source("rotated"));
@@ -454,15 +396,7 @@ async fn a_copy_deleted_before_a_pod_is_admitted_is_back_at_once() {
     let api = FakeApi::default();
     let namespaces = cluster(&api, 3, &["gar-pull"]);
     let sync = Running::start(&api, &["gar-pull"], args(), KubeArgs::default());
-    assert!(
-        eventually(Duration::from_secs(10), || missing_copies(
-            &api,
-            &namespaces,
-            &["gar-pull"]
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &["gar-pull"], Duration::from_secs(10)).await);
     api.delete_secret("team-1", "gar-pull");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
@@ -494,15 +428,7 @@ async fn steady_state_reads_each_copy_once_per_interval_at_an_even_rate() {
         },
         KubeArgs::default(),
     );
-    assert!(
-        eventually(Duration::from_secs(30), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(30)).await);
     // Each namespace has a slot in the interval; from the second interval on, it is read
     // exactly once per interval.
     tokio::time::sleep(resync).await;
@@ -550,15 +476,7 @@ async fn no_second_carries_more_than_the_client_rate_and_its_burst() {
     };
     let started = tokio::time::Instant::now();
     let sync = Running::start(&api, &secrets, args(), kube);
-    assert!(
-        eventually(Duration::from_secs(60), || missing_copies(
-            &api,
-            &namespaces,
-            &secrets
-        )
-        .is_empty())
-        .await
-    );
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(60)).await);
     let requests = api.requests();
     assert!(requests.len() > 300, "{}", requests.len());
     let took = requests.last().unwrap().at.duration_since(started);
