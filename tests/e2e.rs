@@ -617,8 +617,8 @@ async fn cases(run: &mut Run) {
     restart_case(run).await;
 }
 
-/// 9. Restarts: what changed while the injector was stopped is repaired by the next start,
-/// every time (the sources' readiness used to strand namespaces listed before them).
+/// Case 9, restarts: what changed while the injector was stopped is repaired by the next
+/// start, every time (the sources' readiness used to strand namespaces listed before them).
 async fn restart_case(run: &mut Run) {
     let (a, b) = (run.ns_a.clone(), run.ns_b.clone());
     run.set_opt_in(&b, true).await;
