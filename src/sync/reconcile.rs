@@ -299,7 +299,11 @@ async fn ensure_copy(
 ) -> Result<(), Error> {
     let source = ctx.source(name)?;
     let desired = copy_of(&source, &ctx.namespace, ns);
-    let hash = content_hash(&source);
+    let hash = desired
+        .annotations()
+        .get(SOURCE_HASH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
     let known = ctx.memory.known(ns, name);
 
     if let Some(known) = &known
@@ -436,9 +440,7 @@ async fn remove_known(
     };
     match api.delete(name, &params).await {
         Ok(_) => {
-            ctx.memory.forget(ns, name);
-            ctx.metrics.sync_deleted(name);
-            tracing::info!(namespace = %ns, secret = %name, "secret copy removed");
+            removed_copy(ctx, ns, name);
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 404 => {
@@ -453,14 +455,18 @@ async fn remove_known(
     }
 }
 
+fn removed_copy(ctx: &Context, ns: &str, name: &str) {
+    ctx.memory.forget(ns, name);
+    ctx.metrics.sync_deleted(name);
+    tracing::info!(namespace = %ns, secret = %name, "secret copy removed");
+}
+
 /// Reads the copy and deletes it if it is ours.
 async fn remove_copy(ctx: &Context, api: &Api<Secret>, ns: &str, name: &str) -> Result<(), Error> {
     match api.get_opt(name).await? {
         Some(existing) if is_managed(&existing) => {
             delete_exactly(api, &existing).await?;
-            ctx.memory.forget(ns, name);
-            ctx.metrics.sync_deleted(name);
-            tracing::info!(namespace = %ns, secret = %name, "secret copy removed");
+            removed_copy(ctx, ns, name);
             Ok(())
         }
         // Not ours (or not there): never touched.
