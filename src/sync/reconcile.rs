@@ -261,7 +261,8 @@ async fn clear(
         }
     }
     if due.is_some() {
-        // Never read in this process: look for copies of every name we may have written.
+        // Due for a read (never read in this process, or its slot came): look for copies of
+        // every name we may have written, known or not.
         let config = ctx.config.load();
         let retired: Vec<String> = lock(&ctx.retired).iter().cloned().collect();
         for secret in config.secrets().iter().chain(&retired) {
