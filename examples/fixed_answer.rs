@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let parse = args.next().as_deref() == Some("--parse");
     let pair = tls::load_files(cert.as_ref(), key.as_ref())?;
     let acceptor =
-        tokio_rustls::TlsAcceptor::from(tls::server_config(Arc::new(CertResolver::new(pair))));
+        tokio_rustls::TlsAcceptor::from(tls::server_config(Arc::new(CertResolver::new(pair)))?);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("fixed_answer listening on {}", listener.local_addr()?);
     loop {

@@ -1,21 +1,20 @@
-//! Command line: arguments (every flag also a `PSI_*` environment variable) and the small
-//! commands. `serve` lives in [`crate::serve`], `create-secret` in [`crate::secret`].
+//! Command line: the commands (every flag also a `PSI_*` environment variable), and the two
+//! small ones, `mutate` and `check-config`. Each other command's arguments live with the code
+//! that runs it: [`crate::serve`], [`crate::secret`], and [`crate::logging`] for the global
+//! flags.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission;
 use crate::config::Config;
-use crate::kube_client::KubeArgs;
+use crate::logging::LogArgs;
 use crate::secret::CreateSecretArgs;
-use crate::server::Limits;
-use crate::sync::SyncArgs;
+use crate::serve::ServeArgs;
 
 /// Injects imagePullSecrets into Pods for the private registries you list, and keeps the
 /// pull Secrets present in every namespace labelled `pullsecret-injector.io/inject=enabled`.
@@ -41,78 +40,6 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Make a registry pull Secret (kubernetes.io/dockerconfigjson) from credentials.
     CreateSecret(CreateSecretArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct LogArgs {
-    /// Log format.
-    #[arg(long, global = true, env = "PSI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Log filter, in tracing's EnvFilter syntax (`info`, `pullsecret_injector=debug`).
-    #[arg(long, global = true, env = "PSI_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Registries config (YAML). Reloaded when it changes.
-    #[arg(long, env = "PSI_CONFIG")]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub tls: TlsArgs,
-    /// Address of the HTTPS webhook port.
-    #[arg(long, env = "PSI_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: SocketAddr,
-    /// Address of the plain-HTTP metrics port (`GET /metrics`).
-    #[arg(long, env = "PSI_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
-    pub metrics_listen: SocketAddr,
-    /// Namespace holding the source Secrets [default: the pod's own namespace, else `default`].
-    #[arg(long, env = "PSI_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Run the webhook only, without the Secret sync.
-    #[arg(long, env = "PSI_NO_SYNC")]
-    pub no_sync: bool,
-    #[command(flatten)]
-    pub sync: SyncArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
-    /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
-    /// stop sending new connections, before draining.
-    #[arg(long, env = "PSI_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
-    pub shutdown_delay: Duration,
-    /// Longest time to let in-flight requests finish once draining starts.
-    #[arg(long, env = "PSI_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
-    /// Largest AdmissionReview body accepted (bytes); larger ones get 413.
-    #[arg(long, env = "PSI_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
-    pub max_body_bytes: usize,
-    /// Time limit to receive a request body (the answer itself takes microseconds); slower
-    /// bodies get 408.
-    #[arg(long, env = "PSI_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
-    /// How often mounted files (config, certificates) are re-read, besides file events.
-    #[arg(long, env = "PSI_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub reload_interval: Duration,
-}
-
-#[derive(Debug, Args)]
-pub struct TlsArgs {
-    /// PEM certificate chain, leaf first. Reloaded when it changes.
-    #[arg(long, env = "PSI_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the certificate.
-    #[arg(long, env = "PSI_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Where to write the CA of the self-signed certificate made when no --tls-cert is given
-    /// [default: <temp dir>/pullsecret-injector/ca.crt].
-    #[arg(long, env = "PSI_SELF_SIGNED_CA")]
-    pub self_signed_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -211,10 +138,10 @@ pub fn mutate_document(
         other => bail!("expected a Pod or an AdmissionReview, got kind {other:?}"),
     };
     let decision = admission::review(config, &serde_json::to_vec(&review)?)?;
-    let patch = decision.patch().unwrap_or_default();
+    let patch = decision.patch.clone().unwrap_or_default();
     Ok(match output {
         MutateOutput::Patch => serde_json::to_value(&patch)?,
-        MutateOutput::Review => serde_json::from_slice(&decision.to_review_bytes())?,
+        MutateOutput::Review => serde_json::from_slice(&decision.to_review_bytes()?)?,
         MutateOutput::Pod => {
             let mut pod = review
                 .pointer("/request/object")

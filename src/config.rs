@@ -1,17 +1,11 @@
-//! The registries config: parsing, validation, and live reload from a ConfigMap mount.
+//! The registries config: parsing and validation. Reloading it is [`crate::watch`]'s job.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::image::ImageRef;
-use crate::metrics::Metrics;
 use crate::rules::{Rule, RuleError, RuleWarning};
-use crate::watch::FileWatch;
 
 /// A validated config: the rules in file order.
 #[derive(Clone, Debug, Default)]
@@ -181,69 +175,4 @@ pub(crate) fn one_line(e: &impl std::fmt::Display) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// The config in force, swapped atomically on reload; readers never wait.
-#[derive(Debug)]
-pub struct ConfigStore {
-    current: ArcSwap<Config>,
-    /// Counts reloads, so the sync can react to a new config.
-    generation: watch::Sender<u64>,
-}
-
-impl ConfigStore {
-    pub fn new(config: Config) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(config),
-            generation: watch::Sender::new(0),
-        }
-    }
-
-    pub fn load(&self) -> Arc<Config> {
-        self.current.load_full()
-    }
-
-    pub fn store(&self, config: Config) {
-        self.current.store(Arc::new(config));
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    /// Notified after every [`store`](Self::store).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
-    }
-
-    /// Re-reads `path` whenever it (or the ConfigMap's `..data` link beside it) changes. A
-    /// config that fails to load is logged and counted; the last good one stays in force.
-    pub async fn watch(self: Arc<Self>, path: PathBuf, metrics: Arc<Metrics>, poll: Duration) {
-        let mut watch = match FileWatch::new(std::slice::from_ref(&path), poll) {
-            Ok(w) => w,
-            Err(error) => {
-                tracing::error!(%error, path = %path.display(), "cannot watch the config file; reloads are off");
-                return;
-            }
-        };
-        let mut last = std::fs::read(&path).ok();
-        while watch.changed().await {
-            let bytes = std::fs::read(&path).ok();
-            if bytes == last {
-                continue;
-            }
-            last = bytes;
-            match Config::load(&path) {
-                Ok((config, warnings)) => {
-                    for w in &warnings {
-                        tracing::warn!(warning = %w, "config warning");
-                    }
-                    tracing::info!(rules = config.rules().len(), path = %path.display(), "config reloaded");
-                    self.store(config);
-                    metrics.config_reload(true);
-                }
-                Err(error) => {
-                    tracing::error!(%error, path = %path.display(), "config reload failed; keeping the last good config");
-                    metrics.config_reload(false);
-                }
-            }
-        }
-    }
 }

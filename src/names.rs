@@ -20,3 +20,7 @@ pub const FIELD_MANAGER: &str = "pullsecret-injector";
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 /// Annotation on a Secret copy: `sha256:<hex>` of the source's type and data.
 pub const SOURCE_HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
+/// The Secret type of a pull Secret made by `kubectl create secret docker-registry`.
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+/// The legacy pull Secret type (`.dockercfg`), still copied.
+pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";

@@ -11,9 +11,9 @@ use base64::Engine as _;
 use clap::{ArgGroup, Args, ValueEnum};
 use serde::Serialize;
 
+use crate::names::DOCKER_CONFIG_JSON;
 use crate::names::FIELD_MANAGER;
 use crate::rules::validate_secret_name;
-use crate::sync::DOCKER_CONFIG_JSON;
 
 /// The username Artifact Registry and gcr.io take with a service-account JSON key.
 pub const GCP_JSON_KEY_USER: &str = "_json_key";

@@ -1,26 +1,68 @@
-//! The `serve` command: loads config and certificates, starts the servers and the sync, and
-//! runs the shutdown sequence on SIGTERM/SIGINT.
+//! The `serve` command: loads config and certificates, starts the servers, the reload loop
+//! and the sync, and runs the shutdown sequence on SIGTERM/SIGINT.
 
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::cli::{ServeArgs, TlsArgs};
-use crate::config::{Config, ConfigStore};
-use crate::kube_client;
+use crate::config::Config;
+use crate::kube_client::{self, KubeArgs};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Limits};
-use crate::sync::{self, Verifier};
-use crate::tls::{self, CertResolver};
+use crate::sync::{self, SyncArgs, Verifier};
+use crate::tls::{self, CertResolver, TlsArgs};
+use crate::watch::{ConfigStore, Reload};
 
-/// Hosts the self-signed certificate is made for.
-const LOCAL_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Registries config (YAML). Reloaded when it changes.
+    #[arg(long, env = "PSI_CONFIG")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Address of the HTTPS webhook port.
+    #[arg(long, env = "PSI_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP metrics port (`GET /metrics`).
+    #[arg(long, env = "PSI_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Namespace holding the source Secrets [default: the pod's own namespace, else `default`].
+    #[arg(long, env = "PSI_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Run the webhook only, without the Secret sync.
+    #[arg(long, env = "PSI_NO_SYNC")]
+    pub no_sync: bool,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
+    /// stop sending new connections, before draining.
+    #[arg(long, env = "PSI_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Longest time to let in-flight requests finish once draining starts.
+    #[arg(long, env = "PSI_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Largest AdmissionReview body accepted (bytes); larger ones get 413.
+    #[arg(long, env = "PSI_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Time limit to receive a request body (the answer itself takes microseconds); slower
+    /// bodies get 408.
+    #[arg(long, env = "PSI_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// How often mounted files (config, certificates) are re-read, besides file events.
+    #[arg(long, env = "PSI_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+}
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -33,49 +75,52 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
-    let mut signals = Signals::new()?;
+    let signals = Signals::new()?;
 
+    // Load what the webhook answers with, and keep it current.
     let (config, warnings) = Config::load(&args.config)?;
     for w in &warnings {
         tracing::warn!(warning = %w, "config warning");
     }
     tracing::info!(rules = config.rules().len(), path = %args.config.display(), "config loaded");
     let store = Arc::new(ConfigStore::new(config));
+    let resolver = Arc::new(CertResolver::new(args.tls.load()?));
+    let tls_config = tls::server_config(resolver.clone())?;
     tokio::spawn(
-        store
-            .clone()
-            .watch(args.config.clone(), metrics.clone(), args.reload_interval),
+        Reload {
+            config_path: args.config.clone(),
+            config: store.clone(),
+            certificate: args
+                .tls
+                .files()
+                .map(|(cert, key)| (cert.to_owned(), key.to_owned(), resolver)),
+            metrics: metrics.clone(),
+            poll: args.reload_interval,
+        }
+        .run(),
     );
 
-    let resolver = Arc::new(CertResolver::new(load_certificate(&args.tls)?));
-    if let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) {
-        tokio::spawn(resolver.clone().watch(
-            cert.clone(),
-            key.clone(),
-            metrics.clone(),
-            args.reload_interval,
-        ));
-    }
-
+    // Bind both ports before anything is reported ready.
     let listener = server::bind(args.listen).await?;
     let metrics_listener = server::bind(args.metrics_listen).await?;
     let listen = listener.local_addr().unwrap_or(args.listen);
     let metrics_listen = metrics_listener.local_addr().unwrap_or(args.metrics_listen);
-    let limits = Limits {
-        max_body_bytes: args.max_body_bytes,
-        request_timeout: args.request_timeout,
-        ..Limits::default()
-    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let verifier = start_sync(&args, &store, &metrics, stopped(stop_rx.clone())).await;
 
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: args.request_timeout,
+        ..Limits::default()
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let app = server::router(
         AppState {
-            config: store.clone(),
+            config: store,
             metrics: metrics.clone(),
             ready: ready.clone(),
             verifier,
@@ -84,7 +129,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let metrics_task = tokio::spawn(server::serve_metrics(
         metrics_listener,
-        metrics.clone(),
+        metrics,
         stopped(stop_rx.clone()),
     ));
 
@@ -95,32 +140,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ready_ms = started.elapsed().as_millis() as u64,
         "serving"
     );
+    tokio::spawn(shutdown_on_signals(
+        signals,
+        ready,
+        args.shutdown_delay,
+        stop_tx.clone(),
+    ));
 
-    // One task owns the signals: the first turns us unready and, after the delay, starts the
-    // drain; another one at any point exits at once.
-    let shutdown_delay = args.shutdown_delay;
-    let signal_ready = ready.clone();
-    let signal_stop = stop_tx.clone();
-    tokio::spawn(async move {
-        signals.recv().await;
-        signal_ready.store(false, Ordering::Release);
-        tracing::info!(delay = ?shutdown_delay, "signal received: unready; draining after the delay");
-        tokio::select! {
-            () = tokio::time::sleep(shutdown_delay) => {}
-            () = signals.recv() => abort(),
-        }
-        let _ = signal_stop.send(true);
-        signals.recv().await;
-        abort();
-    });
-
-    let tls_config = tls::server_config(resolver);
     let drained = server::serve_tls(
         listener,
         tls_config,
         app,
         limits,
-        stopped(stop_rx.clone()),
+        stopped(stop_rx),
         args.shutdown_grace,
     )
     .await;
@@ -133,12 +165,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The first signal turns us unready and, after `delay`, starts the drain; another one at any
+/// point exits at once.
+async fn shutdown_on_signals(
+    mut signals: Signals,
+    ready: Arc<AtomicBool>,
+    delay: Duration,
+    stop: watch::Sender<bool>,
+) {
+    signals.recv().await;
+    ready.store(false, Ordering::Release);
+    tracing::info!(?delay, "signal received: unready; draining after the delay");
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = signals.recv() => abort(),
+    }
+    let _ = stop.send(true);
+    signals.recv().await;
+    abort();
+}
+
+fn abort() -> ! {
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130)
+}
+
 /// Starts the secret sync when it is wanted and a cluster answers; the webhook's handle on it.
 async fn start_sync(
     args: &ServeArgs,
     store: &Arc<ConfigStore>,
     metrics: &Arc<Metrics>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Verifier {
     if args.no_sync {
         tracing::info!("secret sync is off (--no-sync)");
@@ -167,47 +224,9 @@ async fn start_sync(
     }
 }
 
-fn abort() -> ! {
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(130)
-}
-
-/// The serving certificate: from files, or a fresh self-signed one for local use.
-fn load_certificate(args: &TlsArgs) -> anyhow::Result<rustls::sign::CertifiedKey> {
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        return Ok(tls::load_files(cert, key)?);
-    }
-    let pair = tls::self_signed(LOCAL_HOSTS)?;
-    let ca_path = args.self_signed_ca.clone().unwrap_or_else(|| {
-        std::env::temp_dir()
-            .join("pullsecret-injector")
-            .join("ca.crt")
-    });
-    write_file(&ca_path, pair.ca_pem.as_bytes())?;
-    tracing::info!(
-        ca = %ca_path.display(),
-        hosts = ?LOCAL_HOSTS,
-        "no --tls-cert given: serving a self-signed certificate; trust its CA with e.g. curl --cacert {}",
-        ca_path.display()
-    );
-    Ok(tls::certified_key(
-        pair.cert_pem.as_bytes(),
-        pair.key_pem.as_bytes(),
-        "self-signed certificate",
-        "self-signed key",
-    )?)
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// The namespace of the pod we run in, as the ServiceAccount mount tells it.
 fn own_namespace() -> String {
-    let path = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/namespace");
+    let path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
     std::fs::read_to_string(path)
         .ok()
         .map(|ns| ns.trim().to_owned())

@@ -2,17 +2,17 @@
 //!
 //! TLS is terminated per connection with the current certificate (see [`crate::tls`]); hyper
 //! then speaks the protocol ALPN agreed on: HTTP/1.1 with keep-alive (what the API server
-//! uses, and the default without ALPN) or HTTP/2. Idle connections of either are closed after
-//! [`Limits::idle_timeout`]. On shutdown the accept loop stops, every connection is told to
+//! uses, and the default without ALPN) or HTTP/2. Idle HTTP/1.1 connections are closed after
+//! [`Limits::idle_timeout`]; HTTP/2 ones are pinged then, and closed if the peer is gone. On
+//! shutdown the accept loop stops, every connection is told to
 //! finish: in-flight requests complete, idle keep-alive connections close, HTTP/2 gets a
 //! GOAWAY.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,14 +27,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{self, ReviewError};
-use crate::config::{self, ConfigStore};
+use crate::admission;
+use crate::config;
 use crate::metrics::Metrics;
 use crate::sync::Verifier;
+use crate::watch::ConfigStore;
 
 /// Limits of the webhook port.
 #[derive(Clone, Debug)]
@@ -260,20 +260,18 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
                 micros = elapsed.as_micros() as u64,
                 "review"
             );
-            (
-                [(header::CONTENT_TYPE, "application/json")],
-                decision.to_review_bytes(),
-            )
-                .into_response()
+            match decision.to_review_bytes() {
+                Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+                // Only strings and JSON values are serialized; should that ever fail, the
+                // API server applies the failure policy.
+                Err(error) => {
+                    tracing::error!(%error, "cannot write the answer");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
         }
         Err(error) => {
-            let reason = match error {
-                ReviewError::Malformed(_) => "malformed",
-                ReviewError::WrongType { .. } => "wrong_type",
-                ReviewError::NoRequest => "no_request",
-                ReviewError::NoUid => "no_uid",
-            };
-            state.metrics.rejected(reason);
+            state.metrics.rejected(error.reason());
             tracing::warn!(%error, "admission request rejected");
             (StatusCode::BAD_REQUEST, one_line(&error.to_string())).into_response()
         }
@@ -312,8 +310,13 @@ pub async fn serve_tls(
     h1.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.idle_timeout);
+    // HTTP/2 gets hyper's keep-alive: a ping after `idle_timeout` without a frame, and the
+    // connection closed if the ping goes unanswered. A live client may keep an idle
+    // connection open (as HTTP/2 allows).
     let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new());
+    h2.timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.idle_timeout.min(Duration::from_secs(20)));
     let builders = Arc::new((h1, h2));
     let graceful = GracefulShutdown::new();
 
@@ -337,7 +340,6 @@ pub async fn serve_tls(
         let builders = builders.clone();
         let service = TowerToHyperService::new(app.clone());
         let handshake_timeout = limits.handshake_timeout;
-        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -351,12 +353,12 @@ pub async fn serve_tls(
                 }
             };
             // The protocol is the one ALPN agreed on (HTTP/2 over TLS requires it), so no
-            // bytes are read to guess it: a connection that never sends a request is bounded
-            // by HTTP/1.1's header-read timeout, or by the idle watchdog for HTTP/2.
+            // bytes are read to guess it.
             let (h1, h2) = &*builders;
             let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let io = TokioIo::new(IdleIo::new(tls, idle_timeout));
-                watcher.watch(h2.serve_connection(io, service)).await
+                watcher
+                    .watch(h2.serve_connection(TokioIo::new(tls), service))
+                    .await
             } else {
                 watcher
                     .watch(h1.serve_connection(TokioIo::new(tls), service))
@@ -381,88 +383,6 @@ pub async fn serve_tls(
     tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_ok()
-}
-
-/// An HTTP/2 connection's transport that ends (reads as closed by the peer) once nothing has
-/// been read from it for `idle`. HTTP/2 has no idle timeout of its own in hyper, and a client
-/// that keeps a connection open without streams, or never sends its preface, would hold it
-/// for ever. Any frame, PINGs included, counts as activity. HTTP/1.1 needs none of this: its
-/// header-read timeout closes idle keep-alive connections.
-struct IdleIo<T> {
-    inner: T,
-    idle: Duration,
-    last_read: tokio::time::Instant,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl<T> IdleIo<T> {
-    fn new(inner: T, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            last_read: tokio::time::Instant::now(),
-            sleep: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => {}
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.last_read = tokio::time::Instant::now();
-                return Poll::Ready(Ok(()));
-            }
-            ready => return ready,
-        }
-        // The timer is moved only when it fires, not on every read.
-        while this.sleep.as_mut().poll(cx).is_ready() {
-            let deadline = this.last_read + this.idle;
-            if deadline <= tokio::time::Instant::now() {
-                tracing::debug!("closing an idle HTTP/2 connection");
-                return Poll::Ready(Ok(()));
-            }
-            this.sleep.as_mut().reset(deadline);
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 /// Serves the metrics router over plain HTTP until `stop` completes.

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
+use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use clap::Args;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -13,8 +14,61 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::metrics::Metrics;
-use crate::watch::FileWatch;
+/// Hosts the self-signed certificate is made for.
+const LOCAL_HOSTS: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain, leaf first. Reloaded when it changes.
+    #[arg(long, env = "PSI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "PSI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where to write the CA of the self-signed certificate made when no --tls-cert is given
+    /// [default: <temp dir>/pullsecret-injector/ca.crt].
+    #[arg(long, env = "PSI_SELF_SIGNED_CA")]
+    pub self_signed_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificate and key files, when given.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// The serving certificate: from the files, or a fresh self-signed one for local use,
+    /// whose CA is written where `--self-signed-ca` says.
+    pub fn load(&self) -> anyhow::Result<CertifiedKey> {
+        if let Some((cert, key)) = self.files() {
+            return Ok(load_files(cert, key)?);
+        }
+        let pair = self_signed(LOCAL_HOSTS)?;
+        let ca_path = self.self_signed_ca.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("pullsecret-injector")
+                .join("ca.crt")
+        });
+        if let Some(dir) = ca_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(&ca_path, &pair.ca_pem)
+            .with_context(|| format!("cannot write {}", ca_path.display()))?;
+        tracing::info!(
+            ca = %ca_path.display(),
+            hosts = ?LOCAL_HOSTS,
+            "no --tls-cert given: serving a self-signed certificate; trust its CA with e.g. curl --cacert {}",
+            ca_path.display()
+        );
+        Ok(certified_key(
+            pair.cert_pem.as_bytes(),
+            pair.key_pem.as_bytes(),
+            "self-signed certificate",
+            "self-signed key",
+        )?)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -33,6 +87,8 @@ pub enum TlsError {
     Mismatch(String),
     #[error("cannot make a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("cannot set up TLS: {0}")]
+    Config(#[from] rustls::Error),
 }
 
 /// The process-wide rustls crypto provider (ring).
@@ -92,49 +148,6 @@ impl CertResolver {
     pub fn set(&self, key: CertifiedKey) {
         self.current.store(Arc::new(key));
     }
-
-    /// The leaf certificate being served now.
-    pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.load().cert[0].clone()
-    }
-
-    /// Reloads the pair whenever a file changes (Secret volumes swap a `..data` symlink). A
-    /// pair that fails to load is logged and counted, and the old one stays in use.
-    pub async fn watch(
-        self: Arc<Self>,
-        cert: PathBuf,
-        key: PathBuf,
-        metrics: Arc<Metrics>,
-        poll: Duration,
-    ) {
-        let mut watch = match FileWatch::new(&[cert.clone(), key.clone()], poll) {
-            Ok(w) => w,
-            Err(error) => {
-                tracing::error!(%error, "cannot watch the certificate files; reloads are off");
-                return;
-            }
-        };
-        let read = || (std::fs::read(&cert).ok(), std::fs::read(&key).ok());
-        let mut last = read();
-        while watch.changed().await {
-            let now = read();
-            if now == last {
-                continue;
-            }
-            last = now;
-            match load_files(&cert, &key) {
-                Ok(pair) => {
-                    self.set(pair);
-                    metrics.certificate_reload(true);
-                    tracing::info!(cert = %cert.display(), "serving certificate reloaded");
-                }
-                Err(error) => {
-                    metrics.certificate_reload(false);
-                    tracing::error!(%error, "certificate reload failed; keeping the current certificate");
-                }
-            }
-        }
-    }
 }
 
 impl ResolvesServerCert for CertResolver {
@@ -144,14 +157,13 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// rustls config for the webhook port: TLS 1.3 and 1.2, ALPN h2 and http/1.1.
-pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
-    // The ring provider always supports both versions, so this cannot fail.
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .unwrap_or_else(|_| ServerConfig::builder());
-    let mut config = builder.with_no_client_auth().with_cert_resolver(resolver);
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 /// A throwaway CA and a serving certificate signed by it, PEM-encoded.

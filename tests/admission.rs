@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 fn decide(config: &Config, review: &Value) -> (admission::Decision, Value) {
     let decision =
         admission::review(config, &serde_json::to_vec(review).unwrap()).expect("a valid review");
-    let response: Value = serde_json::from_slice(&decision.to_review_bytes()).unwrap();
+    let response: Value = serde_json::from_slice(&decision.to_review_bytes().unwrap()).unwrap();
     (decision, response)
 }
 
@@ -50,7 +50,7 @@ fn serviceaccount_secrets_stay_first() {
     let (decision, response, pod) = run_fixture("serviceaccount-secrets-pod.json");
     assert_eq!(pull_secrets(&pod), ["sa-registry", "local-registry"]);
     // An existing list gets one `add .../-` per secret, existing annotations one key.
-    let ops = decision.patch().expect("patch");
+    let ops = decision.patch.clone().expect("patch");
     let ops = serde_json::to_value(&ops).unwrap();
     assert_eq!(ops[0]["path"], "/spec/imagePullSecrets/-");
     assert_eq!(
@@ -139,7 +139,7 @@ fn every_fixture_is_idempotent() {
         let mut again = review.clone();
         again["request"]["object"] = patched;
         let (decision, response) = decide(&config, &again);
-        assert!(decision.patch_json.is_none(), "{name}: second pass patched");
+        assert!(decision.patch.is_none(), "{name}: second pass patched");
         assert!(response["response"]["patch"].is_null(), "{name}");
     }
 }
@@ -188,7 +188,7 @@ fn empty_or_null_lists_get_one_add_of_the_whole_list() {
             json!({ "containers": [{ "name": "c", "image": "nginx" }, { "name": "d", "image": "ghcr.io/acme/x" }], "imagePullSecrets": existing }),
         ));
         let (decision, response) = decide(&config, &review);
-        let ops = serde_json::to_value(decision.patch().unwrap()).unwrap();
+        let ops = serde_json::to_value(decision.patch.clone().unwrap()).unwrap();
         assert_eq!(
             ops[0],
             json!({ "op": "add", "path": "/spec/imagePullSecrets", "value": [{ "name": "ghcr-acme" }, { "name": "dockerhub" }] })

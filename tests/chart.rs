@@ -235,7 +235,7 @@ async fn webhook_points_at_the_port_and_path_the_server_serves() {
 }
 
 /// The Deployment's container args, parsed by the binary's own command line.
-fn serve_args(docs: &[Value]) -> pullsecret_injector::cli::ServeArgs {
+fn serve_args(docs: &[Value]) -> pullsecret_injector::serve::ServeArgs {
     use clap::Parser as _;
     let container = &find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<String> = container["args"]

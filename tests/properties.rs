@@ -72,7 +72,7 @@ fn respond(review: &Value) -> Value {
     let config = example_config();
     let decision =
         admission::review(&config, &serde_json::to_vec(review).unwrap()).expect("valid review");
-    serde_json::from_slice(&decision.to_review_bytes()).unwrap()
+    serde_json::from_slice(&decision.to_review_bytes().unwrap()).unwrap()
 }
 
 proptest! {
@@ -99,20 +99,41 @@ proptest! {
     }
 
     #[test]
-    fn patch_is_idempotent_ordered_and_without_duplicates(pod in pod()) {
+    fn patch_adds_exactly_the_missing_secrets_in_config_order_once(pod in pod()) {
         let review = review_of(pod.clone());
-        let patched = apply_response(&review, &respond(&review));
+        let response = respond(&review);
+        prop_assert_eq!(&response["response"]["allowed"], &json!(true));
+        let patched = apply_response(&review, &response);
 
-        let before = pull_secrets(&pod);
-        let after = pull_secrets(&patched);
-        // Existing entries first, untouched and in order.
-        prop_assert_eq!(&after[..before.len()], &before[..]);
-        // What we add is configured, and never already present.
+        // What the Pod should end with: its own list untouched, then each configured secret
+        // one of its valid images needs and it lacks, in config order.
         let config = example_config();
-        for added in &after[before.len()..] {
-            prop_assert!(config.secrets().contains(added));
-            prop_assert_eq!(after.iter().filter(|s| *s == added).count(), 1);
+        let images: Vec<String> = ["containers", "initContainers"]
+            .iter()
+            .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["image"].as_str().map(str::to_owned))
+            .collect();
+        let refs: Vec<ImageRef<'_>> = images.iter().filter_map(|i| ImageRef::parse(i).ok()).collect();
+        let before = pull_secrets(&pod);
+        let missing: Vec<String> = config
+            .secrets_for(&refs)
+            .into_iter()
+            .filter(|s| !before.iter().any(|b| b == s))
+            .map(str::to_owned)
+            .collect();
+        let mut expected = before.clone();
+        expected.extend(missing.iter().cloned());
+        prop_assert_eq!(pull_secrets(&patched), expected);
+        if missing.is_empty() {
+            prop_assert!(response["response"]["patch"].is_null());
+        } else {
+            prop_assert_eq!(injected_annotation(&patched), Some(missing.join(",")));
+            // Other annotations survive.
+            if pod["metadata"]["annotations"].is_object() {
+                prop_assert_eq!(&patched["metadata"]["annotations"]["team"], "a");
+            }
         }
+
         // Reviewing our own output changes nothing.
         let again = review_of(patched);
         let response = respond(&again);

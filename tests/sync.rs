@@ -17,9 +17,11 @@ use kube::core::PartialObjectMetaExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
-use pullsecret_injector::config::{Config, ConfigStore};
+use pullsecret_injector::config::Config;
 use pullsecret_injector::metrics::Metrics;
+use pullsecret_injector::names;
 use pullsecret_injector::sync::{self, Context, Error, NamespaceMeta};
+use pullsecret_injector::watch::ConfigStore;
 use serde_json::{Value, json};
 
 const OWN_NS: &str = "pullsecret-injector";
@@ -48,7 +50,7 @@ fn namespace(name: &str, opted_in: bool) -> Arc<NamespaceMeta> {
 fn source(name: &str, type_: &str, password: &str) -> Secret {
     let config =
         format!("{{\"auths\":{{\"ghcr.io\":{{\"username\":\"u\",\"password\":\"{password}\"}}}}}}");
-    let key = if type_ == sync::DOCKER_CFG {
+    let key = if type_ == names::DOCKER_CFG {
         ".dockercfg"
     } else {
         ".dockerconfigjson"
@@ -151,8 +153,8 @@ fn data_of(secret: &Secret) -> Value {
 
 #[tokio::test]
 async fn new_namespace_gets_a_copy_of_every_source() {
-    let gar = source("gar-pull", sync::DOCKER_CONFIG_JSON, "p1");
-    let legacy = source("legacy", sync::DOCKER_CFG, "p2");
+    let gar = source("gar-pull", names::DOCKER_CONFIG_JSON, "p1");
+    let legacy = source("legacy", names::DOCKER_CFG, "p2");
     let h = Harness::new(&["gar-pull", "legacy"], vec![gar.clone(), legacy.clone()]);
     let action = h
         .reconcile(&namespace("team-a", true))
@@ -192,7 +194,7 @@ async fn new_namespace_gets_a_copy_of_every_source() {
 async fn a_known_current_copy_costs_nothing_until_its_read_back_then_one_get() {
     let h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p1")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p1")],
     );
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
@@ -224,13 +226,13 @@ async fn a_known_current_copy_costs_nothing_until_its_read_back_then_one_get() {
 async fn rotation_updates_the_copy_in_place() {
     let mut h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "old")],
     );
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
     let uid = h.copy("team-a", "gar-pull").unwrap()["metadata"]["uid"].clone();
 
-    let rotated = source("gar-pull", sync::DOCKER_CONFIG_JSON, "new");
+    let rotated = source("gar-pull", names::DOCKER_CONFIG_JSON, "new");
     h.writer
         .apply_watcher_event(&watcher::Event::Apply(rotated.clone()));
     h.reconcile(&ns).await.unwrap();
@@ -248,7 +250,7 @@ async fn rotation_updates_the_copy_in_place() {
 
 #[tokio::test(start_paused = true)]
 async fn a_copy_edited_by_someone_is_restored_at_its_read_back() {
-    let src = source("gar-pull", sync::DOCKER_CONFIG_JSON, "p");
+    let src = source("gar-pull", names::DOCKER_CONFIG_JSON, "p");
     let h = Harness::new(&["gar-pull"], vec![src.clone()]);
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
@@ -262,7 +264,7 @@ async fn a_copy_edited_by_someone_is_restored_at_its_read_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deleted_copy_is_restored_at_once_when_the_webhook_asks() {
-    let src = source("gar-pull", sync::DOCKER_CONFIG_JSON, "p");
+    let src = source("gar-pull", names::DOCKER_CONFIG_JSON, "p");
     let h = Harness::new(&["gar-pull"], vec![src.clone()]);
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
@@ -285,8 +287,8 @@ async fn opting_out_removes_our_copies_only() {
     let h = Harness::new(
         &["gar-pull", "ghcr"],
         vec![
-            source("gar-pull", sync::DOCKER_CONFIG_JSON, "p"),
-            source("ghcr", sync::DOCKER_CONFIG_JSON, "q"),
+            source("gar-pull", names::DOCKER_CONFIG_JSON, "p"),
+            source("ghcr", names::DOCKER_CONFIG_JSON, "q"),
         ],
     );
     h.reconcile(&namespace("team-a", true)).await.unwrap();
@@ -320,7 +322,7 @@ async fn opting_out_removes_our_copies_only() {
 async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
     let h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p")],
     );
     let foreign = json!({ "metadata": { "name": "gar-pull", "namespace": "team-a", "labels": { "team": "a" } }, "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": "e30=" } });
     h.put("team-a", "gar-pull", foreign);
@@ -351,7 +353,7 @@ async fn a_foreign_secret_of_the_same_name_is_never_overwritten() {
 async fn a_missing_source_is_an_error_and_the_others_still_sync() {
     let h = Harness::new(
         &["absent", "gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p")],
     );
     let error = h
         .reconcile(&namespace("team-a", true))
@@ -396,7 +398,7 @@ async fn a_source_of_another_type_is_not_copied() {
 async fn api_errors_back_off_then_converge() {
     let h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p")],
     );
     let ns = namespace("team-a", true);
     h.api.fail_next(1, 500, None);
@@ -426,11 +428,11 @@ async fn api_errors_back_off_then_converge() {
 async fn a_write_racing_our_read_back_is_refused_then_retried() {
     let mut h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "old")],
     );
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
-    let rotated = source("gar-pull", sync::DOCKER_CONFIG_JSON, "new");
+    let rotated = source("gar-pull", names::DOCKER_CONFIG_JSON, "new");
     h.writer
         .apply_watcher_event(&watcher::Event::Apply(rotated.clone()));
     tokio::time::advance(RESYNC * 3 / 2).await;
@@ -448,7 +450,7 @@ async fn a_write_racing_our_read_back_is_refused_then_retried() {
 async fn a_rotation_onto_a_copy_changed_since_reads_it_first() {
     let mut h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "old")],
     );
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
@@ -456,7 +458,7 @@ async fn a_rotation_onto_a_copy_changed_since_reads_it_first() {
     let mut touched = h.copy("team-a", "gar-pull").unwrap();
     touched["metadata"]["labels"]["team"] = json!("a");
     h.put("team-a", "gar-pull", touched);
-    let rotated = source("gar-pull", sync::DOCKER_CONFIG_JSON, "new");
+    let rotated = source("gar-pull", names::DOCKER_CONFIG_JSON, "new");
     h.writer
         .apply_watcher_event(&watcher::Event::Apply(rotated.clone()));
     h.reconcile(&ns).await.expect("one reconcile");
@@ -479,7 +481,7 @@ async fn a_rotation_onto_a_copy_changed_since_reads_it_first() {
 async fn a_rotation_taken_over_by_someone_is_left_to_them() {
     let mut h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "old")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "old")],
     );
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
@@ -487,7 +489,7 @@ async fn a_rotation_taken_over_by_someone_is_left_to_them() {
     h.put("team-a", "gar-pull", mine);
     h.writer.apply_watcher_event(&watcher::Event::Apply(source(
         "gar-pull",
-        sync::DOCKER_CONFIG_JSON,
+        names::DOCKER_CONFIG_JSON,
         "new",
     )));
     h.reconcile(&ns).await.expect("a conflict is not an error");
@@ -502,8 +504,8 @@ async fn a_rotation_taken_over_by_someone_is_left_to_them() {
 async fn two_replicas_converge_on_the_same_copies() {
     let api = FakeApi::default();
     let sources = vec![
-        source("gar-pull", sync::DOCKER_CONFIG_JSON, "p"),
-        source("ghcr", sync::DOCKER_CFG, "q"),
+        source("gar-pull", names::DOCKER_CONFIG_JSON, "p"),
+        source("ghcr", names::DOCKER_CFG, "q"),
     ];
     let a = Harness::with_api(api.clone(), &["gar-pull", "ghcr"], sources.clone());
     let b = Harness::with_api(api.clone(), &["gar-pull", "ghcr"], sources.clone());
@@ -535,8 +537,8 @@ async fn a_rule_removed_from_the_config_removes_its_copies() {
     let h = Harness::new(
         &["gar-pull", "ghcr"],
         vec![
-            source("gar-pull", sync::DOCKER_CONFIG_JSON, "p"),
-            source("ghcr", sync::DOCKER_CONFIG_JSON, "q"),
+            source("gar-pull", names::DOCKER_CONFIG_JSON, "p"),
+            source("ghcr", names::DOCKER_CONFIG_JSON, "q"),
         ],
     );
     let ns = namespace("team-a", true);
@@ -553,16 +555,16 @@ async fn a_rule_removed_from_the_config_removes_its_copies() {
 async fn a_secret_type_change_replaces_the_copy() {
     let mut h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CFG, "p")],
+        vec![source("gar-pull", names::DOCKER_CFG, "p")],
     );
     let ns = namespace("team-a", true);
     h.reconcile(&ns).await.unwrap();
-    let converted = source("gar-pull", sync::DOCKER_CONFIG_JSON, "p");
+    let converted = source("gar-pull", names::DOCKER_CONFIG_JSON, "p");
     h.writer
         .apply_watcher_event(&watcher::Event::Apply(converted.clone()));
     h.reconcile(&ns).await.unwrap();
     let copy = h.copy("team-a", "gar-pull").unwrap();
-    assert_eq!(copy["type"], sync::DOCKER_CONFIG_JSON);
+    assert_eq!(copy["type"], names::DOCKER_CONFIG_JSON);
     assert_eq!(copy["data"], data_of(&converted));
 }
 
@@ -570,7 +572,7 @@ async fn a_secret_type_change_replaces_the_copy() {
 async fn the_injectors_own_namespace_is_left_alone() {
     let h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p")],
     );
     h.reconcile(&namespace(OWN_NS, true)).await.unwrap();
     assert_eq!(h.requests(), 0);
@@ -580,7 +582,7 @@ async fn the_injectors_own_namespace_is_left_alone() {
 async fn a_terminating_namespace_is_not_written_to() {
     let h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p")],
     );
     let mut ns = (*namespace("team-a", true)).clone();
     ns.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -630,13 +632,13 @@ async fn no_secret_data_reaches_the_logs_at_any_level() {
     let marker = "hunter2-PASSWORD-MARKER";
     let mut h = Harness::new(
         &["gar-pull", "absent"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, marker)],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, marker)],
     );
     let ns = namespace("team-a", true);
     let _ = h.reconcile(&ns).await;
     h.writer.apply_watcher_event(&watcher::Event::Apply(source(
         "gar-pull",
-        sync::DOCKER_CONFIG_JSON,
+        names::DOCKER_CONFIG_JSON,
         &format!("{marker}-2"),
     )));
     h.api.fail_next(1, 500, None);
@@ -655,7 +657,7 @@ async fn no_secret_data_reaches_the_logs_at_any_level() {
         logs.contains("secret copy applied"),
         "the test must capture the sync's logs: {logs}"
     );
-    let src = source("gar-pull", sync::DOCKER_CONFIG_JSON, marker);
+    let src = source("gar-pull", names::DOCKER_CONFIG_JSON, marker);
     let b64 = serde_json::to_value(src.data.unwrap()).unwrap()[".dockerconfigjson"]
         .as_str()
         .unwrap()
@@ -676,7 +678,7 @@ async fn a_fresh_install_creates_copies_without_reading_each_and_a_restart_only_
     let names = ["a", "b", "c"];
     let sources: Vec<Secret> = names
         .iter()
-        .map(|n| source(n, sync::DOCKER_CONFIG_JSON, "p"))
+        .map(|n| source(n, names::DOCKER_CONFIG_JSON, "p"))
         .collect();
     let api = FakeApi::default();
     let fresh = Harness::with_api(api.clone(), &names, sources.clone());
@@ -718,7 +720,7 @@ async fn a_fresh_install_creates_copies_without_reading_each_and_a_restart_only_
 async fn a_namespace_that_did_not_opt_in_is_swept_for_our_leftovers_once_at_its_slot() {
     let h = Harness::new(
         &["gar-pull"],
-        vec![source("gar-pull", sync::DOCKER_CONFIG_JSON, "p")],
+        vec![source("gar-pull", names::DOCKER_CONFIG_JSON, "p")],
     );
     // Left by an earlier process before the namespace opted out.
     h.put(

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_api::FakeApi;
-use pullsecret_injector::config::{Config, ConfigStore};
+use pullsecret_injector::config::Config;
 use pullsecret_injector::kube_client::{ApiLayer, KubeArgs};
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::sync::{self, SyncArgs, Verifier};
+use pullsecret_injector::watch::ConfigStore;
 use serde_json::{Value, json};
 
 const OWN_NS: &str = "pullsecret-injector";

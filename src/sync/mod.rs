@@ -36,14 +36,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 pub use reconcile::{
-    Context, DOCKER_CFG, DOCKER_CONFIG_JSON, Error, NamespaceMeta, content_hash, copy_of,
-    error_policy, is_opted_in, reconcile,
+    Context, Error, NamespaceMeta, content_hash, copy_of, error_policy, is_opted_in, reconcile,
 };
 pub use verify::Verifier;
 
-use crate::config::ConfigStore;
 use crate::metrics::Metrics;
-use crate::names::INJECT_LABEL;
+use crate::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, INJECT_LABEL};
+use crate::watch::ConfigStore;
 
 #[derive(Clone, Debug, Args)]
 pub struct SyncArgs {

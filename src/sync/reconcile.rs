@@ -19,16 +19,12 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::memory::{Known, Memory, Verify, fingerprint};
-use crate::config::ConfigStore;
 use crate::metrics::Metrics;
 use crate::names::{
-    APP_NAME, FIELD_MANAGER, INJECT_LABEL, INJECT_LABEL_VALUE, MANAGED_BY_LABEL, SOURCE_ANNOTATION,
-    SOURCE_HASH_ANNOTATION,
+    APP_NAME, DOCKER_CFG, DOCKER_CONFIG_JSON, FIELD_MANAGER, INJECT_LABEL, INJECT_LABEL_VALUE,
+    MANAGED_BY_LABEL, SOURCE_ANNOTATION, SOURCE_HASH_ANNOTATION,
 };
-
-/// Secret types a pull secret may have.
-pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
-pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+use crate::watch::ConfigStore;
 
 /// The namespaces the controller watches: metadata only (labels and deletion are all it
 /// reads), a fraction of the memory of whole objects at thousands of namespaces.

@@ -83,10 +83,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pullsecret_injector::config::ConfigStore;
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::server::{self, AppState, Limits};
 use pullsecret_injector::tls::{self, CertResolver};
+use pullsecret_injector::watch::ConfigStore;
 use rustls::pki_types::ServerName;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -165,7 +165,7 @@ impl TestServer {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve_tls(
             listener,
-            tls::server_config(resolver.clone()),
+            tls::server_config(resolver.clone()).unwrap(),
             app,
             limits,
             async move {
