@@ -1,4 +1,4 @@
-//! The registries config: parsing and validation. Reloading it is [`crate::watch`]'s job.
+//! The registries config: parsing and validation. Reloading it is the job of the `watch` module.
 
 use std::path::{Path, PathBuf};
 

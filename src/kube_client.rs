@@ -103,6 +103,7 @@ where
 
 /// A few quick retries, then the error goes to the sync, which backs off per namespace.
 fn retry_policy() -> RetryPolicy {
+    // `new` refuses only a minimum above the maximum; these constants are in order.
     RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(30), 8, true)
         .unwrap_or_default()
 }

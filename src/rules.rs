@@ -12,8 +12,6 @@ use crate::image::{self, DOCKER_HUB, ImageRef};
 /// One `{match, secret}` entry of the config, validated and compiled.
 #[derive(Clone, Debug)]
 pub struct Rule {
-    /// The `match` value as the user wrote it.
-    source: String,
     secret: String,
     /// Host labels, IPv6 brackets removed (as Go's `net.SplitHostPort` does).
     labels: Vec<Glob>,
@@ -147,17 +145,11 @@ impl Rule {
         }
 
         Ok(Self {
-            source: source.to_owned(),
             secret: secret.to_owned(),
             labels,
             port: port.map(str::to_owned),
             path: path.to_owned(),
         })
-    }
-
-    /// The `match` value as written in the config.
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     pub fn secret(&self) -> &str {

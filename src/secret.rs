@@ -88,7 +88,10 @@ struct DockerConfigJson<'a> {
 
 /// The `.dockerconfigjson` content, byte for byte as kubectl writes it: compact JSON with
 /// Go's HTML-safe escaping of `<`, `>`, `&` and U+2028/U+2029.
-pub fn docker_config_json(servers: &[String], credentials: &Credentials) -> String {
+pub fn docker_config_json(
+    servers: &[String],
+    credentials: &Credentials,
+) -> serde_json::Result<String> {
     let auth = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", credentials.username, credentials.password));
     let config = DockerConfigJson {
@@ -106,8 +109,7 @@ pub fn docker_config_json(servers: &[String], credentials: &Credentials) -> Stri
             })
             .collect(),
     };
-    let json = serde_json::to_string(&config).unwrap_or_default();
-    go_html_escape(&json)
+    Ok(go_html_escape(&serde_json::to_string(&config)?))
 }
 
 fn go_html_escape(json: &str) -> String {
@@ -132,9 +134,9 @@ pub fn manifest(
     servers: &[String],
     credentials: &Credentials,
     format: OutputFormat,
-) -> String {
+) -> serde_json::Result<String> {
     let data =
-        base64::engine::general_purpose::STANDARD.encode(docker_config_json(servers, credentials));
+        base64::engine::general_purpose::STANDARD.encode(docker_config_json(servers, credentials)?);
     match format {
         OutputFormat::Yaml => {
             let mut out = String::new();
@@ -146,7 +148,7 @@ pub fn manifest(
                 out.push_str(&format!("  namespace: {}\n", ns));
             }
             out.push_str(&format!("type: {DOCKER_CONFIG_JSON}\n"));
-            out
+            Ok(out)
         }
         OutputFormat::Json => {
             let mut metadata = serde_json::Map::new();
@@ -165,10 +167,10 @@ pub fn manifest(
             let mut buf = Vec::new();
             let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
             let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);
-            let _ = secret.serialize(&mut ser);
-            let mut out = String::from_utf8(buf).unwrap_or_default();
+            secret.serialize(&mut ser)?;
+            let mut out = String::from_utf8(buf).map_err(serde::ser::Error::custom)?;
             out.push('\n');
-            out
+            Ok(out)
         }
     }
 }
@@ -260,7 +262,7 @@ pub fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
         &args.servers,
         &credentials,
         args.output,
-    );
+    )?;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -289,7 +291,7 @@ fn apply(args: &CreateSecretArgs, credentials: &Credentials) -> anyhow::Result<E
             type_: Some(DOCKER_CONFIG_JSON.to_owned()),
             string_data: Some(BTreeMap::from([(
                 ".dockerconfigjson".to_owned(),
-                docker_config_json(&args.servers, credentials),
+                docker_config_json(&args.servers, credentials)?,
             )])),
             ..Secret::default()
         };
