@@ -665,8 +665,11 @@ fn every_value_is_documented_by_a_comment_starting_with_its_name() {
             .map(|(_, k)| k.as_str())
             .collect::<Vec<_>>()
             .join(".");
-        // Under `resources` the keys are Kubernetes' own.
-        if dotted.starts_with("resources.") {
+        // Under these the keys are Kubernetes' own.
+        if ["resources.", "podSecurityContext.", "securityContext."]
+            .iter()
+            .any(|p| dotted.starts_with(p))
+        {
             continue;
         }
         let mut first = i;
@@ -683,4 +686,142 @@ fn every_value_is_documented_by_a_comment_starting_with_its_name() {
         checked += 1;
     }
     assert!(checked > 40, "{checked} keys checked");
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn extra_args_env_volumes_and_security_contexts_reach_the_pod() {
+    let helm = tool("helm");
+    let docs = documents(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "extraArgs[0]=--max-body-bytes=1048576",
+                "--set",
+                "extraEnv[0].name=PSI_LOG_LEVEL",
+                "--set",
+                "extraEnv[0].value=debug",
+                "--set",
+                "volumes[0].name=ca",
+                "--set",
+                "volumes[0].configMap.name=corporate-ca",
+                "--set",
+                "volumeMounts[0].name=ca",
+                "--set",
+                "volumeMounts[0].mountPath=/etc/ssl/corporate",
+                // OpenShift: its SCC assigns the ids.
+                "--set",
+                "podSecurityContext.runAsUser=null",
+                "--set",
+                "podSecurityContext.runAsGroup=null",
+                "--set",
+                "podSecurityContext.fsGroup=null",
+            ],
+        )
+        .unwrap(),
+    );
+    // The binary takes the extra flag beside the chart's own.
+    assert_eq!(serve_args(&docs).max_body_bytes, 1_048_576);
+    let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "PSI_LOG_LEVEL" && e["value"] == "debug")
+    );
+    assert!(
+        env.iter().any(|e| e["name"] == "PSI_NAMESPACE"),
+        "the chart's own env kept"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 3, "config, tls and the extra one");
+    assert_eq!(volumes[2]["configMap"]["name"], "corporate-ca");
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert_eq!(mounts[2]["mountPath"], "/etc/ssl/corporate");
+    let sc = &pod["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    for id in ["runAsUser", "runAsGroup", "fsGroup"] {
+        assert!(sc.get(id).is_none(), "{id} left to the platform: {sc}");
+    }
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // The defaults still pin the ids.
+    let docs = render_default(&helm);
+    let sc = &find(&docs, "Deployment")["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(sc["runAsUser"], 65532);
+    for bad in ["extraArgs[0]=serve", "volumeMounts[0].name=x"] {
+        assert!(template(&helm, &["--set", bad]).is_err(), "{bad}");
+    }
+}
+
+/// The chart README's values table, generated from the `# key -- text` comments of
+/// values.yaml and the defaults there. `UPDATE_CHART_README=1 cargo test --test chart`
+/// rewrites it.
+fn values_table() -> String {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let values: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let mut rows = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if let Some(comment) = trimmed.strip_prefix("# ") {
+            if let Some((key, doc)) = comment.split_once(" -- ") {
+                rows.extend(current.take());
+                current = Some((key.to_owned(), doc.to_owned()));
+                continue;
+            }
+            // A continuation line of the description (examples come after the key, where
+            // no description is open).
+            if let Some((_, doc)) = current.as_mut() {
+                for word in comment.split_whitespace() {
+                    doc.push(' ');
+                    doc.push_str(word);
+                }
+                continue;
+            }
+        }
+        if !trimmed.starts_with('#') {
+            rows.extend(current.take());
+        }
+    }
+    rows.extend(current);
+    let mut out = String::from("| Key | Default | Description |\n|---|---|---|\n");
+    for (key, doc) in rows {
+        let pointer = format!("/{}", key.replace('.', "/"));
+        let default = values.pointer(&pointer).expect("documented key exists");
+        // An object whose keys are documented on their own rows is not repeated.
+        let nested = default.is_object() && text.contains(&format!("# {key}."));
+        let default = if nested {
+            String::new()
+        } else {
+            format!("`{}`", serde_json::to_string(default).unwrap())
+        };
+        out.push_str(&format!(
+            "| `{key}` | {default} | {} |\n",
+            doc.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+#[test]
+fn chart_readme_lists_every_value_from_its_comment() {
+    const BEGIN: &str = "<!-- values: generated from values.yaml, do not edit -->\n";
+    const END: &str = "<!-- end of values -->";
+    let path = chart_dir().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let start = readme.find(BEGIN).expect("README has the values marker") + BEGIN.len();
+    let end = readme.find(END).expect("README has the end marker");
+    let table = values_table();
+    if std::env::var_os("UPDATE_CHART_README").is_some() {
+        let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        readme[start..end],
+        table,
+        "charts/pullsecret-injector/README.md is stale: UPDATE_CHART_README=1 cargo test --test chart"
+    );
 }
