@@ -30,7 +30,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission;
+use crate::admission::{self, Decision};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::sync::Verifier;
@@ -225,41 +225,7 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
 
     match result {
         Ok(decision) => {
-            if decision.matched_images > 0 && !decision.dry_run {
-                state.verifier.request(&decision.namespace);
-            }
-            state.metrics.review(
-                decision.outcome,
-                elapsed,
-                &decision.added,
-                decision.invalid_images.len(),
-            );
-            for bad in &decision.invalid_images {
-                tracing::warn!(
-                    uid = %decision.uid,
-                    namespace = %decision.namespace,
-                    pod = %decision.name,
-                    container = %bad.container,
-                    image = %bad.image,
-                    error = %bad.error,
-                    "image is not a valid reference; no secret added for it"
-                );
-            }
-            if let Some(error) = &decision.object_error {
-                tracing::warn!(uid = %decision.uid, namespace = %decision.namespace, %error, "cannot read the Pod; allowed unchanged");
-            }
-            tracing::debug!(
-                uid = %decision.uid,
-                namespace = %decision.namespace,
-                pod = %decision.name,
-                outcome = %decision.outcome,
-                dry_run = decision.dry_run,
-                images = decision.images,
-                matched = decision.matched_images,
-                added = %decision.added.join(","),
-                micros = elapsed.as_micros() as u64,
-                "review"
-            );
+            record(state, &decision, elapsed);
             match decision.to_review_bytes() {
                 Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
                 // Only strings and JSON values are serialized; should that ever fail, the
@@ -276,6 +242,45 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
             (StatusCode::BAD_REQUEST, one_line(&error.to_string())).into_response()
         }
     }
+}
+
+/// What a decision leaves behind: a read-back request to the sync, metrics, log lines.
+fn record(state: &AppState, decision: &Decision, elapsed: Duration) {
+    if decision.matched_images > 0 && !decision.dry_run {
+        state.verifier.request(&decision.namespace);
+    }
+    state.metrics.review(
+        decision.outcome,
+        elapsed,
+        &decision.added,
+        decision.invalid_images.len(),
+    );
+    for bad in &decision.invalid_images {
+        tracing::warn!(
+            uid = %decision.uid,
+            namespace = %decision.namespace,
+            pod = %decision.name,
+            container = %bad.container,
+            image = %bad.image,
+            error = %bad.error,
+            "image is not a valid reference; no secret added for it"
+        );
+    }
+    if let Some(error) = &decision.object_error {
+        tracing::warn!(uid = %decision.uid, namespace = %decision.namespace, %error, "cannot read the Pod; allowed unchanged");
+    }
+    tracing::debug!(
+        uid = %decision.uid,
+        namespace = %decision.namespace,
+        pod = %decision.name,
+        outcome = %decision.outcome,
+        dry_run = decision.dry_run,
+        images = decision.images,
+        matched = decision.matched_images,
+        added = %decision.added.join(","),
+        micros = elapsed.as_micros() as u64,
+        "review"
+    );
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
