@@ -22,6 +22,9 @@ use crate::names::INJECTED_ANNOTATION;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
+/// What holds an image, in [`InvalidImage::holder`].
+const CONTAINER: &str = "container";
+const IMAGE_VOLUME: &str = "image volume";
 /// At most this many warnings go back to the client (the API server caps their size too).
 const MAX_WARNINGS: usize = 8;
 
@@ -101,7 +104,10 @@ impl fmt::Display for Outcome {
 /// An image string that is not a valid reference; no secret is added for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidImage {
-    pub container: String,
+    /// What holds it: `container` (init and ephemeral ones too) or `image volume`.
+    pub holder: &'static str,
+    /// The container's or the volume's name.
+    pub name: String,
     pub image: String,
     pub error: ImageError,
 }
@@ -117,9 +123,11 @@ pub struct Decision {
     pub dry_run: bool,
     /// Secrets added, in patch order.
     pub added: Vec<String>,
-    /// Valid image references in the Pod, and how many of them a rule matched.
+    /// Valid image references in the Pod (image volumes included), how many of them a rule
+    /// matched, and how many of them are image volumes.
     pub images: usize,
     pub matched_images: usize,
+    pub image_volumes: usize,
     pub invalid_images: Vec<InvalidImage>,
     /// Why the object could not be read, for [`Outcome::InvalidObject`].
     pub object_error: Option<String>,
@@ -215,6 +223,7 @@ impl Decision {
             added: Vec::new(),
             images: 0,
             matched_images: 0,
+            image_volumes: 0,
             invalid_images: Vec::new(),
             object_error: None,
             patch: None,
@@ -226,20 +235,24 @@ impl Decision {
     /// secrets the Pod lacks, in config order.
     fn read_images<'c>(&mut self, config: &'c Config, pod: &PodIn<'_>) -> Vec<&'c str> {
         let mut hits = vec![false; config.rules().len()];
-        for container in pod.containers() {
-            let Some(image) = container.image.as_deref().filter(|i| !i.is_empty()) else {
+        for (holder, name, image) in pod.images() {
+            let Some(image) = image.filter(|i| !i.is_empty()) else {
                 // No image: API validation rejects the Pod after admission.
                 continue;
             };
             match ImageRef::parse(image) {
                 Ok(reference) => {
                     self.images += 1;
+                    if holder == IMAGE_VOLUME {
+                        self.image_volumes += 1;
+                    }
                     if config.mark_matches(&reference, &mut hits) {
                         self.matched_images += 1;
                     }
                 }
                 Err(error) => self.invalid_images.push(InvalidImage {
-                    container: container.name.as_deref().unwrap_or_default().to_owned(),
+                    holder,
+                    name: name.unwrap_or_default().to_owned(),
                     image: image.to_owned(),
                     error,
                 }),
@@ -251,9 +264,10 @@ impl Decision {
             .take(MAX_WARNINGS)
             .map(|bad| {
                 format!(
-                    "pullsecret-injector: image {:?} of container {:?} is not a valid image reference ({}); no pull secret was added for it",
+                    "pullsecret-injector: image {:?} of {} {:?} is not a valid image reference ({}); no pull secret was added for it",
                     truncate(&bad.image, 128),
-                    truncate(&bad.container, 63),
+                    bad.holder,
+                    truncate(&bad.name, 63),
                     bad.error
                 )
             })
@@ -475,10 +489,11 @@ impl PodIn<'_> {
         self.metadata.as_ref()?.annotations.as_ref()
     }
 
-    /// Every container, init and ephemeral ones included.
-    fn containers(&self) -> impl Iterator<Item = &ContainerIn<'_>> {
+    /// Every image the kubelet pulls for the Pod: each container's (init and ephemeral ones
+    /// included) and each image volume's, with what holds it and its name.
+    fn images(&self) -> impl Iterator<Item = (&'static str, Option<&str>, Option<&str>)> {
         self.spec.iter().flat_map(|spec| {
-            [
+            let containers = [
                 &spec.init_containers,
                 &spec.containers,
                 &spec.ephemeral_containers,
@@ -486,6 +501,12 @@ impl PodIn<'_> {
             .into_iter()
             .flatten()
             .flatten()
+            .map(|c| (CONTAINER, c.name.as_deref(), c.image.as_deref()));
+            let volumes = spec.volumes.iter().flatten().filter_map(|v| {
+                let image = v.image.as_ref()?;
+                Some((IMAGE_VOLUME, v.name.as_deref(), image.reference.as_deref()))
+            });
+            containers.chain(volumes)
         })
     }
 
@@ -531,6 +552,8 @@ struct SpecIn<'a> {
     ephemeral_containers: Option<Vec<ContainerIn<'a>>>,
     #[serde(borrow)]
     image_pull_secrets: Option<Vec<SecretRefIn<'a>>>,
+    #[serde(borrow)]
+    volumes: Option<Vec<VolumeIn<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +562,21 @@ struct ContainerIn<'a> {
     name: Option<Str<'a>>,
     #[serde(borrow)]
     image: Option<Str<'a>>,
+}
+
+/// A volume; only image volumes (Kubernetes 1.33+) name an image.
+#[derive(Deserialize)]
+struct VolumeIn<'a> {
+    #[serde(borrow)]
+    name: Option<Str<'a>>,
+    #[serde(borrow)]
+    image: Option<ImageVolumeIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ImageVolumeIn<'a> {
+    #[serde(borrow)]
+    reference: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]

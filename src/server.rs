@@ -260,7 +260,8 @@ fn record(state: &AppState, decision: &Decision, elapsed: Duration) {
             uid = %decision.uid,
             namespace = %decision.namespace,
             pod = %decision.name,
-            container = %bad.container,
+            holder = bad.holder,
+            name = %bad.name,
             image = %bad.image,
             error = %bad.error,
             "image is not a valid reference; no secret added for it"
@@ -277,6 +278,7 @@ fn record(state: &AppState, decision: &Decision, elapsed: Duration) {
         dry_run = decision.dry_run,
         images = decision.images,
         matched = decision.matched_images,
+        image_volumes = decision.image_volumes,
         added = %decision.added.join(","),
         micros = elapsed.as_micros() as u64,
         "review"

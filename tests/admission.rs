@@ -123,6 +123,45 @@ fn thirty_containers_with_odd_images() {
     assert!(warnings[0].as_str().unwrap().contains("ghcr.io/Acme/api:1"));
 }
 
+/// A Pod whose only private image is an image volume: recorded-shape (the job-pod review with
+/// a `spec.volumes[].image` as the 1.33+ Pod schema has it, and its volumeMount).
+#[test]
+fn image_volume_pod_gets_the_volumes_secret() {
+    let (decision, response, pod) = run_fixture("image-volume-pod.json");
+    assert_eq!(decision.outcome, Outcome::Patched);
+    assert_eq!(
+        (
+            decision.images,
+            decision.matched_images,
+            decision.image_volumes
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(pull_secrets(&pod), ["gar-pull"]);
+    assert_eq!(injected_annotation(&pod).as_deref(), Some("gar-pull"));
+    assert!(response["response"]["warnings"].is_null());
+}
+
+#[test]
+fn an_invalid_image_volume_reference_is_warned_about_by_its_volume() {
+    let config = example_config();
+    let review = review_of(pod(json!({
+        "containers": [{ "name": "c", "image": "ghcr.io/acme/api:1" }],
+        "volumes": [{ "name": "models", "image": { "reference": "ghcr.io/Acme/models:1" } }],
+    })));
+    let (decision, response) = decide(&config, &review);
+    assert_eq!(
+        decision.added,
+        ["ghcr-acme"],
+        "the valid image still counts"
+    );
+    assert_eq!(decision.invalid_images.len(), 1);
+    assert_eq!(decision.invalid_images[0].holder, "image volume");
+    assert_eq!(decision.invalid_images[0].name, "models");
+    let warning = response["response"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains(r#"of image volume "models""#), "{warning}");
+}
+
 #[test]
 fn every_fixture_is_idempotent() {
     let config = example_config();
@@ -132,6 +171,7 @@ fn every_fixture_is_idempotent() {
         "serviceaccount-secrets-pod.json",
         "own-secrets-pod.json",
         "thirty-container-pod.json",
+        "image-volume-pod.json",
     ] {
         let review: Value = serde_json::from_slice(&fixture(name)).unwrap();
         let (_, response) = decide(&config, &review);
@@ -166,6 +206,20 @@ fn every_container_kind_counts() {
         ),
         (
             json!({ "containers": [{ "name": "c" }, { "name": "d", "image": "" }] }),
+            vec![],
+        ),
+        // Image volumes (Kubernetes 1.33+) are pulled with the same credentials.
+        (
+            json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }], "volumes": [{ "name": "m", "image": { "reference": "ghcr.io/acme/models:1", "pullPolicy": "IfNotPresent" } }] }),
+            vec!["ghcr-acme"],
+        ),
+        // Volumes of other kinds, and image volumes without a reference, name no image.
+        (
+            json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }], "volumes": [{ "name": "a", "configMap": { "name": "x" } }, { "name": "b", "image": {} }, { "name": "c", "image": null }, { "name": "d", "image": { "reference": "" } }] }),
+            vec![],
+        ),
+        (
+            json!({ "containers": [{ "name": "c", "image": "quay.io/x/y" }], "volumes": null }),
             vec![],
         ),
     ];

@@ -49,15 +49,26 @@ fn containers() -> impl Strategy<Value = Vec<Value>> {
     })
 }
 
+fn image_volumes() -> impl Strategy<Value = Vec<Value>> {
+    proptest::collection::vec(image(), 0..3).prop_map(|images| {
+        images
+            .into_iter()
+            .enumerate()
+            .map(|(i, reference)| json!({ "name": format!("v{i}"), "image": { "reference": reference, "pullPolicy": "IfNotPresent" } }))
+            .collect()
+    })
+}
+
 fn pod() -> impl Strategy<Value = Value> {
     (
         containers(),
         containers(),
+        image_volumes(),
         proptest::option::of(proptest::collection::vec(proptest::sample::select(SECRETS), 0..4)),
         any::<bool>(),
     )
-        .prop_map(|(containers, init, existing, annotated)| {
-            let mut pod = json!({ "metadata": { "name": "p" }, "spec": { "containers": containers, "initContainers": init } });
+        .prop_map(|(containers, init, volumes, existing, annotated)| {
+            let mut pod = json!({ "metadata": { "name": "p" }, "spec": { "containers": containers, "initContainers": init, "volumes": volumes } });
             if let Some(existing) = existing {
                 pod["spec"]["imagePullSecrets"] = existing.iter().map(|s| json!({ "name": s })).collect();
             }
@@ -112,6 +123,14 @@ proptest! {
             .iter()
             .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
             .filter_map(|c| c["image"].as_str().map(str::to_owned))
+            .chain(
+                pod["spec"]["volumes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| v["image"]["reference"].as_str().map(str::to_owned)),
+            )
             .collect();
         let refs: Vec<ImageRef<'_>> = images.iter().filter_map(|i| ImageRef::parse(i).ok()).collect();
         let before = pull_secrets(&pod);
