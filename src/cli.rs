@@ -114,19 +114,31 @@ fn mutate(args: &MutateArgs) -> anyhow::Result<ExitCode> {
     let text = read_input(&args.file)?;
     let input: serde_json::Value = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{} is not YAML or JSON", args.file.display()))?;
-    let out = mutate_document(&config, input, args.output)?;
+    let (decision, out) = mutate_document(&config, input, args.output)?;
     let mut text = serde_json::to_string_pretty(&out)?;
     text.push('\n');
     std::io::stdout().write_all(text.as_bytes())?;
+    // What the decision saw, for a person; stdout stays the document alone.
+    let added = decision.added.join(",");
+    eprintln!(
+        "{}: {} image(s), {} of them image volume(s), {} matched a rule, {} invalid; added: {}",
+        decision.outcome,
+        decision.images,
+        decision.image_volumes,
+        decision.matched_images,
+        decision.invalid_images.len(),
+        if added.is_empty() { "none" } else { &added }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs a Pod or an AdmissionReview document through the same decision as `POST /mutate`.
+/// Runs a Pod or an AdmissionReview document through the same decision as `POST /mutate`;
+/// the decision and the document to print.
 pub fn mutate_document(
     config: &Config,
     document: serde_json::Value,
     output: MutateOutput,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<(admission::Decision, serde_json::Value)> {
     let kind = document
         .get("kind")
         .and_then(|k| k.as_str())
@@ -139,7 +151,7 @@ pub fn mutate_document(
     };
     let decision = admission::review(config, &serde_json::to_vec(&review)?)?;
     let patch = decision.patch.clone().unwrap_or_default();
-    Ok(match output {
+    let out = match output {
         MutateOutput::Patch => serde_json::to_value(&patch)?,
         MutateOutput::Review => serde_json::from_slice(&decision.to_review_bytes()?)?,
         MutateOutput::Pod => {
@@ -150,7 +162,8 @@ pub fn mutate_document(
             json_patch::patch(&mut pod, &patch).context("the patch does not apply to the Pod")?;
             pod
         }
-    })
+    };
+    Ok((decision, out))
 }
 
 fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {

@@ -206,11 +206,45 @@ fn create_secret_refuses_bad_arguments() {
 }
 
 #[test]
+fn mutate_counts_image_volumes() {
+    let review = data("image-volume-pod.json");
+    let out = run(
+        &[
+            "mutate",
+            "--config",
+            &example_config(),
+            "-o",
+            "pod",
+            &review,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pod: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        serde_json::json!([{ "name": "gar-pull" }])
+    );
+    assert!(
+        stderr(&out).contains("2 image(s), 1 of them image volume(s), 1 matched a rule"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn mutate_prints_patch_pod_and_review() {
     let review = data("deployment-pod.json");
     let out = run(&["mutate", "--config", &example_config(), &review], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let patch: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        stderr(&out).contains(
+            "patched: 3 image(s), 0 of them image volume(s), 3 matched a rule, 0 invalid; added: gar-pull,dockerhub"
+        ),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(patch[0]["path"], "/spec/imagePullSecrets");
     assert_eq!(
         patch[0]["value"],
