@@ -164,13 +164,10 @@ fn decide<'a, O>(
     if !request.is_pod_create() {
         return Ok(decision);
     }
-    let pod = match request
+    let pod = request
         .object
         .ok_or_else(|| "request has no object".to_owned())
-    {
-        Ok(object) => read_pod(object),
-        Err(error) => Err(error),
-    };
+        .and_then(read_pod);
     let pod = match pod {
         Ok(pod) => pod,
         Err(error) => {

@@ -14,13 +14,12 @@ use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::config::Config;
 use crate::kube_client::{self, KubeArgs};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState, Limits};
 use crate::sync::{self, SyncArgs, Verifier};
 use crate::tls::{self, CertResolver, TlsArgs};
-use crate::watch::{ConfigStore, Reload};
+use crate::watch::{ConfigStore, Reload, load_config};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -78,10 +77,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let signals = Signals::new()?;
 
     // Load what the webhook answers with, and keep it current.
-    let (config, warnings) = Config::load(&args.config)?;
-    for w in &warnings {
-        tracing::warn!(warning = %w, "config warning");
-    }
+    let config = load_config(&args.config)?;
     tracing::info!(rules = config.rules().len(), path = %args.config.display(), "config loaded");
     let store = Arc::new(ConfigStore::new(config));
     let resolver = Arc::new(CertResolver::new(args.tls.load()?));

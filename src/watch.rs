@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::tls::{self, CertResolver};
 
@@ -74,6 +74,15 @@ impl FileWatch {
         }
         true
     }
+}
+
+/// Reads and parses the config file, logging its warnings.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let (config, warnings) = Config::load(path)?;
+    for w in &warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
+    Ok(config)
 }
 
 /// The config in force, swapped atomically on reload; readers never wait.
@@ -150,11 +159,8 @@ impl Reload {
 
     fn reload_config(&self) {
         let path = self.config_path.display();
-        match Config::load(&self.config_path) {
-            Ok((config, warnings)) => {
-                for w in &warnings {
-                    tracing::warn!(warning = %w, "config warning");
-                }
+        match load_config(&self.config_path) {
+            Ok(config) => {
                 tracing::info!(rules = config.rules().len(), %path, "config reloaded");
                 self.config.store(config);
                 self.metrics.config_reload(true);
