@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::admission;
 use crate::config::Config;
 use crate::logging::LogArgs;
+use crate::match_condition::{IMAGE_CONDITION, ImageCondition, PER_CALL_LIMIT, match_conditions};
 use crate::secret::CreateSecretArgs;
 use crate::serve::ServeArgs;
 
@@ -40,6 +41,36 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Make a registry pull Secret (kubernetes.io/dockerconfigjson) from credentials.
     CreateSecret(CreateSecretArgs),
+    /// Print configuration generated from the rules, for installs without the Helm chart.
+    #[command(subcommand)]
+    Render(Render),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Render {
+    /// The webhook's `matchConditions`: the API server then calls the webhook only for Pods
+    /// with an image some rule may match (the chart renders the same list).
+    MatchConditions(MatchConditionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MatchConditionsArgs {
+    /// Registries config (YAML).
+    #[arg(long, env = "PSI_CONFIG")]
+    pub config: PathBuf,
+    /// What to print.
+    #[arg(long, short, value_enum, default_value_t = RenderOutput::Yaml)]
+    pub output: RenderOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RenderOutput {
+    /// The `matchConditions` list, to paste into a MutatingWebhookConfiguration's webhook.
+    Yaml,
+    /// The same list as JSON.
+    Json,
+    /// The image condition's CEL expression alone.
+    Expression,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Mutate(args) => mutate(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::CreateSecret(args) => crate::secret::run(&args),
+        Command::Render(Render::MatchConditions(args)) => render_match_conditions(&args),
     };
     match result {
         Ok(code) => code,
@@ -185,5 +217,25 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     for w in &warnings {
         writeln!(out, "warning: {w}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_match_conditions(args: &MatchConditionsArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let condition = ImageCondition::new(&config);
+    let list = match_conditions(&config);
+    let text = match args.output {
+        RenderOutput::Yaml => serde_yaml_ng::to_string(&list)?,
+        RenderOutput::Json => serde_json::to_string_pretty(&list)? + "\n",
+        RenderOutput::Expression => condition.expression.clone() + "\n",
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    // What the API server pays for it, for a person; stdout stays the document alone.
+    eprintln!(
+        "{IMAGE_CONDITION}: {} characters; worst-case cost {} of the API server's {PER_CALL_LIMIT} per expression; Pods with more than {} containers and volumes go to the webhook unexamined",
+        condition.expression.len(),
+        condition.worst_case_cost(),
+        condition.max_images
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod image;
 pub mod kube_client;
 pub mod logging;
+pub mod match_condition;
 pub mod metrics;
 pub mod names;
 pub mod rules;

@@ -156,6 +156,21 @@ impl Rule {
         &self.secret
     }
 
+    /// The host's labels in normalized form, each with whether it is a plain string (no glob).
+    pub fn host_labels(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.labels.iter().map(|l| (l.source.as_str(), l.literal))
+    }
+
+    /// The port the rule requires, if any.
+    pub fn port(&self) -> Option<&str> {
+        self.port.as_deref()
+    }
+
+    /// The repository path prefix, without slashes at either end; empty for a whole registry.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Whether this rule applies to `image`.
     pub fn matches(&self, image: &ImageRef<'_>) -> bool {
         if self.port.as_deref() != image.port() {

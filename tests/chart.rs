@@ -12,6 +12,8 @@ use std::process::Command;
 
 use base64::Engine as _;
 use common::*;
+use pullsecret_injector::config::Config;
+use pullsecret_injector::match_condition;
 use pullsecret_injector::server::Limits;
 use serde_json::Value;
 
@@ -306,13 +308,100 @@ fn mirror_pods_are_skipped_by_match_conditions_from_1_28() {
         find(&docs, "MutatingWebhookConfiguration")["webhooks"][0].clone()
     };
     assert!(webhook("1.27.0").get("matchConditions").is_none());
-    let conditions = webhook("1.30.0")["matchConditions"].clone();
-    assert!(
-        conditions[0]["expression"]
+    // Off by default, the image condition: only the mirror-pod one.
+    assert_eq!(
+        webhook("1.30.0")["matchConditions"],
+        serde_json::json!([{
+            "name": match_condition::MIRROR_CONDITION,
+            "expression": match_condition::MIRROR_EXPRESSION,
+        }])
+    );
+}
+
+/// Rule sets whose image condition the chart must render exactly as the binary does: every
+/// spelling the normalization handles, globs, ports, IPv6, Docker Hub paths, none at all.
+const CONDITION_RULE_SETS: &[&[&str]] = &[
+    &[],
+    &[
+        "asia-northeast1-docker.pkg.dev",
+        "*.pkg.dev",
+        "ghcr.io/acme",
+        "docker.io",
+        "localhost:5000",
+    ],
+    &[
+        "https://index.docker.io/v1/",
+        "http://ghcr.io/v2/acme/",
+        "quay.io//",
+    ],
+    &[
+        "docker.io/library",
+        "docker.io/library/nginx",
+        "docker.io/acme/team",
+    ],
+    &[
+        "*.io",
+        "d?cker.io/acme",
+        "[a-f]*.example.com:8443/x.y",
+        "prefix.*.io:1111/foo",
+    ],
+    &["[::1]:5000", "::1:5000", "127.0.0.1:5000/dev", "127.0.0.*"],
+    &[
+        "  Example.COM/x  ",
+        "registry-1.docker.io",
+        "docker.io:443",
+        "ghcr.io",
+        "ghcr.io",
+    ],
+];
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn image_match_condition_renders_as_the_binary_renders_it() {
+    let helm = tool("helm");
+    let dir = tempfile::tempdir().unwrap();
+    // So many rules that both fall back to sending every Pod.
+    let many: Vec<String> = (0..2500).map(|i| format!("r{i}.example.com")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let sets = CONDITION_RULE_SETS.iter().copied().chain([many.as_slice()]);
+    for rules in sets {
+        let registries: Vec<Value> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| serde_json::json!({ "match": m, "secret": format!("s{i}") }))
+            .collect();
+        let values = dir.path().join("values.yaml");
+        let doc = serde_json::json!({
+            "registries": registries,
+            "webhook": { "imageMatchCondition": true },
+        });
+        std::fs::write(&values, serde_json::to_string(&doc).unwrap()).unwrap();
+        let docs = documents(
+            &template(
+                &helm,
+                &["-f", values.to_str().unwrap(), "--kube-version", "1.33.0"],
+            )
+            .unwrap_or_else(|e| panic!("{rules:?}: {e}")),
+        );
+        // The config the chart mounts, read by the binary's own loader.
+        let config_yaml = find(&docs, "ConfigMap")["data"]["config.yaml"]
             .as_str()
             .unwrap()
-            .contains("kubernetes.io/config.mirror")
-    );
+            .to_owned();
+        let config = Config::from_yaml(&config_yaml)
+            .unwrap_or_else(|e| panic!("{rules:?}: {e}"))
+            .0;
+        assert_eq!(config.rules().len(), rules.len());
+        let expected = serde_json::to_value(match_condition::match_conditions(&config)).unwrap();
+        let webhook = &find(&docs, "MutatingWebhookConfiguration")["webhooks"][0];
+        if rules.len() == many.len() {
+            assert_eq!(webhook["matchConditions"][1]["expression"], "true");
+        }
+        assert_eq!(
+            webhook["matchConditions"], expected,
+            "rules {rules:?}: the chart and the binary disagree"
+        );
+    }
 }
 
 #[test]

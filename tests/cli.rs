@@ -374,7 +374,7 @@ fn check_config_prints_rules_and_warnings() {
 fn help_explains_every_command() {
     let out = run(&["--help"], None);
     let text = stdout(&out);
-    for command in ["serve", "mutate", "check-config", "create-secret"] {
+    for command in ["serve", "mutate", "check-config", "create-secret", "render"] {
         assert!(text.contains(command), "{text}");
     }
     let out = run(&["serve", "--help"], None);
@@ -392,4 +392,74 @@ fn help_explains_every_command() {
     ] {
         assert!(text.contains(flag), "{flag} missing from serve --help");
     }
+}
+
+#[test]
+fn render_match_conditions_prints_what_the_library_builds() {
+    use pullsecret_injector::match_condition::{
+        IMAGE_CONDITION, MIRROR_CONDITION, match_conditions,
+    };
+    let config = common::example_config();
+    let expected = serde_json::to_value(match_conditions(&config)).unwrap();
+
+    let yaml = run(
+        &["render", "match-conditions", "--config", &example_config()],
+        None,
+    );
+    assert!(yaml.status.success(), "{}", stderr(&yaml));
+    let parsed: Value = serde_yaml_ng::from_str(&stdout(&yaml)).unwrap();
+    assert_eq!(parsed, expected);
+    assert_eq!(parsed[0]["name"], MIRROR_CONDITION);
+    assert_eq!(parsed[1]["name"], IMAGE_CONDITION);
+    // The cost summary goes to stderr, so stdout pastes as it is.
+    assert!(
+        stderr(&yaml).contains("worst-case cost"),
+        "{}",
+        stderr(&yaml)
+    );
+
+    let json = run(
+        &[
+            "render",
+            "match-conditions",
+            "--config",
+            &example_config(),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&json)).unwrap(),
+        expected
+    );
+
+    let expression = run(
+        &[
+            "render",
+            "match-conditions",
+            "--config",
+            &example_config(),
+            "-o",
+            "expression",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&expression).trim_end(), expected[1]["expression"]);
+
+    let broken = run(
+        &[
+            "render",
+            "match-conditions",
+            "--config",
+            "/nonexistent.yaml",
+        ],
+        None,
+    );
+    assert!(!broken.status.success());
+    assert!(
+        stderr(&broken).contains("/nonexistent.yaml"),
+        "{}",
+        stderr(&broken)
+    );
 }

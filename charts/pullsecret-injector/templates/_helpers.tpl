@@ -127,3 +127,79 @@ every rule that names it.
 {{- end }}
 {{- $names | uniq | toJson }}
 {{- end }}
+
+{{/*
+The image matchCondition's CEL expression, from .Values.registries. It mirrors
+src/match_condition.rs to the letter (`pullsecret-injector render match-conditions` prints
+the same), and tests/chart.rs holds the two together: change both or neither.
+*/}}
+{{- define "pullsecret-injector.imageMatchExpression" -}}
+{{- $alts := list -}}
+{{- range .Values.registries -}}
+{{- /* Normalize the rule as Rule::new does: scheme, trailing '/', /v1/ and /v2/, port. */ -}}
+{{- $m := trim (toString .match) -}}
+{{- if contains "://" $m }}{{ $m = (splitn "://" 2 $m)._1 }}{{ end -}}
+{{- $hostPort := $m -}}
+{{- $path := "" -}}
+{{- if contains "/" $m }}{{ $parts := splitn "/" 2 $m }}{{ $hostPort = $parts._0 }}{{ $path = $parts._1 }}{{ end -}}
+{{- $path = regexReplaceAll "/+$" $path "" -}}
+{{- range list "v1" "v2" -}}
+{{- if or (eq $path .) (hasPrefix (printf "%s/" .) $path) }}{{ $path = regexReplaceAll "^/+" (trimPrefix . $path) "" }}{{ end -}}
+{{- end -}}
+{{- $bracket := regexFind "^\\[[^\\]]*\\]" $hostPort -}}
+{{- $rest := trimPrefix $bracket $hostPort -}}
+{{- $portPart := regexFind ":[^:]*$" $rest -}}
+{{- $host := printf "%s%s" $bracket (trimSuffix $portPart $rest) -}}
+{{- $port := trimPrefix ":" $portPart -}}
+{{- if and (hasPrefix "[" $host) (hasSuffix "]" $host) }}{{ $host = trimSuffix "]" (trimPrefix "[" $host) }}{{ end -}}
+{{- if eq $host "index.docker.io" }}{{ $host = "docker.io" }}{{ end -}}
+{{- $path = replace "." "\\." $path -}}
+{{- /* The alternatives, as rule_alternatives builds them. */ -}}
+{{- $labels := splitList "." $host -}}
+{{- $hubShaped := and (eq $portPart "") (eq (len $labels) 2) -}}
+{{- $dockerHub := and $hubShaped (eq $host "docker.io") -}}
+{{- $globbed := false -}}
+{{- $hostRe := list -}}
+{{- range $labels -}}
+{{- if regexMatch "[*?\\[\\\\]" . }}{{ $globbed = true }}{{ $hostRe = append $hostRe "[A-Za-z0-9-]*" }}{{ else }}{{ $hostRe = append $hostRe . }}{{ end -}}
+{{- end -}}
+{{- $ruleAlts := list -}}
+{{- if not $dockerHub -}}
+{{- $alt := join "\\." $hostRe -}}
+{{- if contains ":" $alt }}{{ $alt = printf "\\[%s\\]" $alt }}{{ end -}}
+{{- if $portPart }}{{ $alt = printf "%s:%s" $alt $port }}{{ end -}}
+{{- $alt = printf "%s/" $alt -}}
+{{- if $path }}{{ $alt = printf "%s%s(?:[/:@]|$)" $alt $path }}{{ end -}}
+{{- $ruleAlts = append $ruleAlts $alt -}}
+{{- end -}}
+{{- if or $dockerHub (and $hubShaped $globbed) -}}
+{{- if not $path -}}
+{{- $ruleAlts = concat $ruleAlts (list "(?:index\\.)?docker\\.io/" "[^./:A-Z]+/" "[^/]+$") -}}
+{{- else -}}
+{{- $hub := "(?:(?:index\\.)?docker\\.io/)?" -}}
+{{- $ruleAlts = append $ruleAlts (printf "%s%s(?:[/:@]|$)" $hub $path) -}}
+{{- if eq $path "library" -}}
+{{- $ruleAlts = append $ruleAlts (printf "%s[^/]+$" $hub) -}}
+{{- else if and (hasPrefix "library/" $path) (not (contains "/" (trimPrefix "library/" $path))) -}}
+{{- $ruleAlts = append $ruleAlts (printf "%s%s(?:[:@]|$)" $hub (trimPrefix "library/" $path)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $ruleAlts }}{{ if not (has . $alts) }}{{ $alts = append $alts . }}{{ end }}{{ end -}}
+{{- end -}}
+{{- if not $alts -}}
+false
+{{- else -}}
+{{- $re := printf "^(?:%s)" (join "|" $alts) -}}
+{{- /* Cost, as ImageCondition sizes it: 900000 target, 1000 base, 53 per image character
+     budget (520 characters), a quarter per regex character, 20 per image. */ -}}
+{{- $perImage := add (mul 53 (div (add (len $re) 3) 4)) 20 -}}
+{{- $maxImages := div (sub 900000 1000) $perImage -}}
+{{- $expr := printf "has(object.spec) && (%s > %d" "(has(object.spec.containers) ? size(object.spec.containers) : 0) + (has(object.spec.initContainers) ? size(object.spec.initContainers) : 0) + (has(object.spec.ephemeralContainers) ? size(object.spec.ephemeralContainers) : 0) + (has(object.spec.volumes) ? size(object.spec.volumes) : 0)" $maxImages -}}
+{{- range list "containers" "initContainers" "ephemeralContainers" -}}
+{{- $expr = printf "%s || has(object.spec.%s) && object.spec.%s.exists(c, has(c.image) && size(c.image) <= 520 && c.image.matches(r'%s'))" $expr . . $re -}}
+{{- end -}}
+{{- $expr = printf "%s || has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.image) && has(v.image.reference) && size(v.image.reference) <= 520 && v.image.reference.matches(r'%s')))" $expr $re -}}
+{{- if gt (len $expr) 64000 }}true{{ else }}{{ $expr }}{{ end -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,510 @@
+//! The `matchConditions` image expression, evaluated by a real CEL interpreter over the same
+//! rules and images as the matcher: it must be true for every Pod the matcher would patch (a
+//! superset), false for Pods no rule can match, and never fail to evaluate.
+
+mod common;
+
+use cel::{Context, Program, Value as Cel};
+use proptest::prelude::*;
+use pullsecret_injector::config::Config;
+use pullsecret_injector::image::ImageRef;
+use pullsecret_injector::match_condition::{
+    ImageCondition, MAX_EXPRESSION_LEN, MAX_IMAGE_LEN, MIRROR_EXPRESSION, PER_CALL_LIMIT,
+    image_regex,
+};
+use serde_json::{Value, json};
+
+fn config(rules: &[&str]) -> Config {
+    let yaml = rules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("  - match: {m:?}\n    secret: s{i}\n"))
+        .collect::<String>();
+    Config::from_yaml(&format!("registries:\n{yaml}"))
+        .unwrap_or_else(|e| panic!("{rules:?}: {e}"))
+        .0
+}
+
+/// Evaluates `expression` with `object` bound as the API server binds it.
+fn eval(expression: &str, object: &Value) -> Result<bool, String> {
+    let program = Program::compile(expression).map_err(|e| format!("compile: {e}"))?;
+    let mut context = Context::default();
+    let object = cel::to_value(object).map_err(|e| format!("object: {e}"))?;
+    context.add_variable_from_value("object", object);
+    match program.execute(&context) {
+        Ok(Cel::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("not a bool: {other:?}")),
+        Err(e) => Err(format!("evaluation: {e}")),
+    }
+}
+
+fn pod_with(field: &str, image: &str) -> Value {
+    match field {
+        "volumes" => json!({
+            "metadata": { "name": "p" },
+            "spec": {
+                "containers": [{ "name": "app" }],
+                "volumes": [{ "name": "v", "image": { "reference": image } }],
+            }
+        }),
+        list => json!({
+            "metadata": { "name": "p" },
+            "spec": { list: [{ "name": "c", "image": image }] }
+        }),
+    }
+}
+
+const FIELDS: [&str; 4] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "volumes",
+];
+
+/// What the matcher says of `image` under `config`.
+fn rust_matches(config: &Config, image: &str) -> bool {
+    ImageRef::parse(image).is_ok_and(|r| !config.secrets_for([&r]).is_empty())
+}
+
+/// Checks the expression against the matcher for `image` in every place an image can be:
+/// where the matcher matches, the expression must too.
+fn assert_superset(rules: &[&str], image: &str) -> bool {
+    let config = config(rules);
+    let expression = ImageCondition::new(&config).expression;
+    let rust = rust_matches(&config, image);
+    let mut cel_result = None;
+    for field in FIELDS {
+        let got = eval(&expression, &pod_with(field, image))
+            .unwrap_or_else(|e| panic!("{rules:?} / {image:?} in {field}: {e}"));
+        if rust {
+            assert!(
+                got,
+                "false negative: rules {rules:?}, image {image:?} in {field}"
+            );
+        }
+        // The place of the image does not change the answer.
+        assert_eq!(*cel_result.get_or_insert(got), got, "{field} differs");
+    }
+    cel_result.unwrap_or_default()
+}
+
+/// (rule, image, the matcher's answer): the matcher's own tables, the kubelet's keyring cases
+/// and every Docker Hub spelling.
+const TABLE: &[(&str, &str, bool)] = &[
+    ("*.kubernetes.io", "prefix.kubernetes.io/foo", true),
+    ("prefix.*.io", "prefix.kubernetes.io/foo", true),
+    ("prefix.kubernetes.*", "prefix.kubernetes.io/foo", true),
+    (
+        "*-good.kubernetes.io",
+        "prefix-good.kubernetes.io/foo",
+        true,
+    ),
+    ("kubernetes.io/foo", "kubernetes.io/foo/bar", true),
+    ("kubernetes.io/foo/bar", "kubernetes.io/foo/bar", true),
+    ("*.kubernetes.io/foo", "prefix.kubernetes.io/foo/bar", true),
+    ("kubernetes.io:8080", "kubernetes.io:8080/foo", true),
+    (
+        "*.kubernetes.io:1111/foo",
+        "prefix.kubernetes.io:1111/foo/bar",
+        true,
+    ),
+    (
+        "prefix.*.io:1111/foo",
+        "prefix.kubernetes.io:1111/foo/bar",
+        true,
+    ),
+    ("*.kubernetes.io", "kubernetes.io/foo", false),
+    ("*.kubernetes.io", "sub.prefix.kubernetes.io/foo", false),
+    ("prefix.kubernetes.io", "kubernetes.io/foo", false),
+    (
+        "*.kubernetes.io:1111",
+        "prefix.kubernetes.io:2222/foo",
+        false,
+    ),
+    ("kubernetes.io", "kubernetes.io:1111/foo", false),
+    ("kubernetes.io:1111", "kubernetes.io/foo", false),
+    ("kubernetes.io/foo/bar", "kubernetes.io/foo", false),
+    ("kubernetes.io/foo", "kubernetes.io/other/foo", false),
+    ("example.com", "Example.COM/x/y", false),
+    ("Example.COM", "Example.COM/x/y", true),
+    // DESIGN.md's config.
+    (
+        "asia-northeast1-docker.pkg.dev",
+        "asia-northeast1-docker.pkg.dev/p/r/i:1",
+        true,
+    ),
+    ("*.pkg.dev", "us-docker.pkg.dev/p/r/i", true),
+    ("*.pkg.dev", "pkg.dev/x", false),
+    ("*.pkg.dev", "a.b.pkg.dev/x", false),
+    ("ghcr.io/acme", "ghcr.io/acme/api:1", true),
+    ("ghcr.io/acme", "ghcr.io/acme:1", true),
+    (
+        "ghcr.io/acme",
+        "ghcr.io/acme@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        true,
+    ),
+    ("ghcr.io/acme", "ghcr.io/acmecorp/api", false),
+    ("localhost:5000", "localhost:5000/dev/app", true),
+    ("localhost:5000", "localhost/dev/app", false),
+    ("localhost:5000", "localhost:5001/dev/app", false),
+    // Docker Hub, every spelling.
+    ("docker.io", "nginx", true),
+    ("docker.io", "nginx:1.27", true),
+    (
+        "docker.io",
+        "nginx@sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd",
+        true,
+    ),
+    ("docker.io", "library/redis:7", true),
+    ("docker.io", "bitnami/kafka:3.7", true),
+    ("docker.io", "docker.io/bitnami/kafka:3.7", true),
+    ("docker.io", "index.docker.io/grafana/grafana:11", true),
+    ("docker.io", "index.docker.io/busybox", true),
+    ("docker.io", "registry-1.docker.io/library/busybox", false),
+    ("docker.io", "quay.io/x/y", false),
+    ("docker.io", "localhost:5000/x", false),
+    ("index.docker.io", "nginx", true),
+    ("https://index.docker.io/v1/", "grafana/grafana", true),
+    ("docker.io/acme", "acme/api:1", true),
+    ("docker.io/acme", "docker.io/acme/api", true),
+    ("docker.io/acme", "index.docker.io/acme/api", true),
+    ("docker.io/acme", "acmecorp/api", false),
+    ("docker.io/acme", "nginx", false),
+    ("docker.io/library", "nginx", true),
+    ("docker.io/library", "docker.io/nginx:1", true),
+    ("docker.io/library", "library/nginx", true),
+    ("docker.io/library", "bitnami/kafka", false),
+    ("docker.io/library/nginx", "nginx:1.27", true),
+    ("docker.io/library/nginx", "index.docker.io/nginx", true),
+    ("docker.io/library/nginx", "library/nginx/sub", true),
+    ("docker.io/library/nginx", "redis", false),
+    ("docker.io/my.org", "docker.io/my.org/x", true),
+    // A glob that takes in Docker Hub.
+    ("*.io", "nginx", true),
+    ("*.io", "bitnami/kafka", true),
+    ("docker.*/acme", "acme/x", true),
+    ("d?cker.io", "alpine", true),
+    ("[a-e]ocker.io", "alpine", true),
+    ("*.io", "quay.io/x", true),
+    ("*.io", "gcr.io.example/x", false),
+    // IPv6 and IPv4 hosts.
+    ("[::1]:5000", "[::1]:5000/ipv6/app:1", true),
+    ("::1:5000", "[::1]:5000/ipv6/app:1", true),
+    ("127.0.0.1:5000", "127.0.0.1:5000/x", true),
+    ("127.0.0.*:5000", "127.0.0.1:5000/x", true),
+    ("127.0.0.1", "127.0.0.1:5000/x", false),
+    // Spellings the kubelet accepts in a docker config key.
+    ("https://ghcr.io/acme/", "ghcr.io/acme/x", true),
+    ("ghcr.io/v2/acme", "ghcr.io/acme/x", true),
+    ("ghcr.io/v1/", "ghcr.io/anyone/x", true),
+    (
+        "nexus.internal:18080/repo",
+        "nexus.internal:18080/repo/app:1.0.0-rc.1",
+        true,
+    ),
+    ("registry.k8s.io", "registry.k8s.io/pause:3.9", true),
+    ("registry.k8s.io", "k8s.gcr.io/pause:3.9", false),
+];
+
+#[test]
+fn the_expression_is_a_superset_of_the_matcher_on_its_tables() {
+    for &(rule, image, expected) in TABLE {
+        let config = config(&[rule]);
+        assert_eq!(
+            rust_matches(&config, image),
+            expected,
+            "{rule:?} vs {image:?}"
+        );
+        let got = assert_superset(&[rule], image);
+        // Where the matcher says no and the regex is precise enough to say it too, it must.
+        if !expected && !rule.contains(['*', '?', '[']) {
+            assert!(!got, "needless call: rule {rule:?}, image {image:?}");
+        }
+    }
+}
+
+#[test]
+fn pods_no_rule_can_match_are_not_sent() {
+    let rules = [
+        "asia-northeast1-docker.pkg.dev",
+        "*.pkg.dev",
+        "ghcr.io/acme",
+        "localhost:5000",
+        "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com",
+    ];
+    let expression = ImageCondition::new(&config(&rules)).expression;
+    for image in [
+        "nginx",
+        "bitnami/kafka:3.7",
+        "docker.io/library/alpine",
+        "quay.io/jetstack/cert-manager-controller:v1.15.0",
+        "ghcr.io/acmecorp/api:1.0",
+        "pkg.dev/x",
+        "a.b.pkg.dev/x",
+        "localhost/dev/app",
+        "localhost:5001/dev/app",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/svc:9",
+        "registry.k8s.io/pause:3.9",
+    ] {
+        for field in FIELDS {
+            assert_eq!(
+                eval(&expression, &pod_with(field, image)),
+                Ok(false),
+                "{image:?} in {field}"
+            );
+        }
+    }
+    // One matching image among others is enough.
+    let pod = json!({ "spec": {
+        "containers": [{ "name": "a", "image": "nginx" }, { "name": "b", "image": "ghcr.io/acme/x:1" }],
+    }});
+    assert_eq!(eval(&expression, &pod), Ok(true));
+}
+
+#[test]
+fn every_fixture_pod_the_webhook_patches_is_sent() {
+    let config = common::example_config();
+    let expression = ImageCondition::new(&config).expression;
+    for name in [
+        "deployment-pod.json",
+        "job-pod.json",
+        "serviceaccount-secrets-pod.json",
+        "own-secrets-pod.json",
+        "dry-run-pod.json",
+        "thirty-container-pod.json",
+        "image-volume-pod.json",
+    ] {
+        let review: Value = serde_json::from_slice(&common::fixture(name)).unwrap();
+        let object = &review["request"]["object"];
+        let decision =
+            pullsecret_injector::admission::review(&config, &common::fixture(name)).unwrap();
+        let sent = eval(&expression, object).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            sent || decision.matched_images == 0,
+            "{name}: the webhook would match {} image(s) but is not called",
+            decision.matched_images
+        );
+        assert!(decision.matched_images == 0 || sent, "{name}");
+    }
+}
+
+#[test]
+fn pods_missing_any_optional_field_evaluate_without_error() {
+    let expression = ImageCondition::new(&config(&["docker.io", "ghcr.io/acme"])).expression;
+    let pods = [
+        json!({}),
+        json!({ "metadata": {} }),
+        json!({ "spec": {} }),
+        json!({ "spec": { "containers": [] } }),
+        json!({ "spec": { "containers": [{ "name": "no-image" }] } }),
+        json!({ "spec": { "initContainers": [{}] } }),
+        json!({ "spec": { "ephemeralContainers": [{ "name": "e" }] } }),
+        json!({ "spec": { "volumes": [{ "name": "v" }] } }),
+        json!({ "spec": { "volumes": [{ "name": "v", "emptyDir": {} }] } }),
+        json!({ "spec": { "volumes": [{ "name": "v", "image": {} }] } }),
+        json!({ "spec": { "volumes": [{ "name": "v", "image": { "pullPolicy": "Always" } }] } }),
+        json!({ "spec": { "containers": [{ "image": "" }] } }),
+    ];
+    for pod in pods {
+        assert_eq!(eval(&expression, &pod), Ok(false), "{pod}");
+        assert!(eval(MIRROR_EXPRESSION, &pod).is_ok(), "{pod}");
+    }
+    // And a Pod with one of each, and a matching image volume.
+    let pod = json!({ "spec": {
+        "containers": [{ "name": "a", "image": "quay.io/x" }],
+        "initContainers": [{ "name": "b" }],
+        "volumes": [{ "name": "v", "emptyDir": {} }, { "name": "w", "image": { "reference": "ghcr.io/acme/models:1" } }],
+    }});
+    assert_eq!(eval(&expression, &pod), Ok(true));
+}
+
+#[test]
+fn mirror_condition_is_false_only_for_mirror_pods() {
+    let mirror = json!({ "metadata": { "annotations": { "kubernetes.io/config.mirror": "abc" } } });
+    let other = json!({ "metadata": { "annotations": { "a": "b" } } });
+    assert_eq!(eval(MIRROR_EXPRESSION, &mirror), Ok(false));
+    assert_eq!(eval(MIRROR_EXPRESSION, &other), Ok(true));
+    assert_eq!(
+        eval(MIRROR_EXPRESSION, &json!({ "metadata": {} })),
+        Ok(true)
+    );
+}
+
+#[test]
+fn no_rules_sends_no_pod() {
+    let condition = ImageCondition::new(&Config::default());
+    assert_eq!(condition.expression, "false");
+    assert_eq!(
+        eval(&condition.expression, &pod_with("containers", "nginx")),
+        Ok(false)
+    );
+}
+
+#[test]
+fn cost_stays_under_the_api_server_limit_whatever_the_pod() {
+    for n in [1usize, 5, 20, 100, 400] {
+        let rules: Vec<String> = (0..n)
+            .map(|i| format!("registry-{i}.team-{i}.example.com/project-{i}"))
+            .collect();
+        let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+        let condition = ImageCondition::new(&config(&rules));
+        assert!(
+            condition.worst_case_cost() <= PER_CALL_LIMIT,
+            "{n} rules: {}",
+            condition.worst_case_cost()
+        );
+        assert!(condition.expression.len() <= MAX_EXPRESSION_LEN);
+        if condition.expression == "true" {
+            assert!(n >= 400, "{n} rules should still fit");
+            continue;
+        }
+        assert!(condition.max_images >= 1, "{n} rules");
+        // A Pod with more images than the budget covers is sent unexamined.
+        let many: Vec<Value> = (0..=condition.max_images)
+            .map(|i| json!({ "name": format!("c{i}"), "image": "quay.io/x" }))
+            .collect();
+        let pod = json!({ "spec": { "containers": many } });
+        assert_eq!(eval(&condition.expression, &pod), Ok(true), "{n} rules");
+        // At the bound itself the images are looked at.
+        let pod = json!({ "spec": { "containers": many[1..] } });
+        assert_eq!(eval(&condition.expression, &pod), Ok(false), "{n} rules");
+    }
+    // The example config leaves room for hundreds of containers.
+    let example = ImageCondition::new(&common::example_config());
+    assert!(example.max_images >= 400, "{}", example.max_images);
+    // Thousands of rules: every Pod is sent rather than an expression cel-go refuses.
+    let rules: Vec<String> = (0..3000).map(|i| format!("r{i}.example.com")).collect();
+    let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+    assert_eq!(ImageCondition::new(&config(&rules)).expression, "true");
+}
+
+#[test]
+fn an_image_longer_than_any_reference_is_not_matched() {
+    let expression = ImageCondition::new(&config(&["docker.io"])).expression;
+    let long = format!("nginx:{}", "a".repeat(MAX_IMAGE_LEN));
+    assert!(ImageRef::parse(&long).is_err());
+    assert_eq!(eval(&expression, &pod_with("containers", &long)), Ok(false));
+    // The longest valid reference is still matched.
+    let longest = format!(
+        "{}:{}@sha512:{}",
+        "a".repeat(255 - "docker.io/library/".len()),
+        "t".repeat(128),
+        "0".repeat(128)
+    );
+    assert!(ImageRef::parse(&longest).is_ok(), "{longest}");
+    assert_eq!(longest.len(), MAX_IMAGE_LEN - "docker.io/library/".len());
+    assert_eq!(
+        eval(&expression, &pod_with("containers", &longest)),
+        Ok(true)
+    );
+}
+
+#[test]
+fn regex_dedupes_and_keeps_rule_order() {
+    let config = config(&["ghcr.io", "*.pkg.dev", "ghcr.io", "us-docker.pkg.dev"]);
+    assert_eq!(
+        image_regex(config.rules()).as_deref(),
+        Some(r"^(?:ghcr\.io/|[A-Za-z0-9-]*\.pkg\.dev/|us-docker\.pkg\.dev/)")
+    );
+}
+
+// ---- the superset property over generated rules and images ------------------------------
+
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("docker.io".to_owned()),
+        Just("index.docker.io".to_owned()),
+        Just("ghcr.io".to_owned()),
+        Just("localhost".to_owned()),
+        Just("us-docker.pkg.dev".to_owned()),
+        Just("a.b.pkg.dev".to_owned()),
+        Just("127.0.0.1".to_owned()),
+        Just("[::1]".to_owned()),
+        "[a-z]{1,3}\\.[a-z]{2,3}",
+    ]
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("library".to_owned()),
+            Just("acme".to_owned()),
+            Just("nginx".to_owned()),
+            "[a-z][a-z0-9]{0,3}",
+        ],
+        1..4,
+    )
+    .prop_map(|p| p.join("/"))
+}
+
+fn port() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some("5000".to_owned())),
+        Just(Some("443".to_owned()))
+    ]
+}
+
+fn image() -> impl Strategy<Value = String> {
+    (
+        prop::option::of((host(), port())),
+        path(),
+        prop::option::of("[a-z0-9][a-z0-9.]{0,5}"),
+    )
+        .prop_map(|(domain, path, tag)| {
+            let mut s = match domain {
+                Some((h, Some(p))) => format!("{h}:{p}/{path}"),
+                Some((h, None)) => format!("{h}/{path}"),
+                None => path,
+            };
+            if let Some(tag) = tag {
+                s = format!("{s}:{tag}");
+            }
+            s
+        })
+}
+
+fn rule() -> impl Strategy<Value = String> {
+    let glob_host = prop_oneof![
+        host(),
+        Just("*.io".to_owned()),
+        Just("*.pkg.dev".to_owned()),
+        Just("d?cker.*".to_owned()),
+        Just("[a-h]*.io".to_owned()),
+        Just("127.0.0.*".to_owned()),
+    ];
+    (glob_host, port(), prop::option::of(path()), any::<bool>()).prop_map(
+        |(h, port, path, https)| {
+            let mut s = if https { format!("https://{h}") } else { h };
+            if let Some(p) = port {
+                s = format!("{s}:{p}");
+            }
+            if let Some(p) = path {
+                s = format!("{s}/{p}");
+            }
+            s
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_expression_is_a_superset_of_the_matcher(
+        rules in prop::collection::vec(rule(), 1..4),
+        images in prop::collection::vec(image(), 1..4),
+    ) {
+        let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+        let config = config(&rules);
+        let expression = ImageCondition::new(&config).expression;
+        let containers: Vec<Value> = images
+            .iter()
+            .map(|i| json!({ "name": "c", "image": i }))
+            .collect();
+        let pod = json!({ "spec": { "containers": containers } });
+        let rust = images.iter().any(|i| rust_matches(&config, i));
+        let got = eval(&expression, &pod).map_err(TestCaseError::fail)?;
+        prop_assert!(!rust || got, "false negative: {rules:?} {images:?}");
+    }
+}
