@@ -13,6 +13,7 @@ pub mod logging;
 pub mod match_condition;
 pub mod metrics;
 pub mod names;
+pub mod repair;
 pub mod rules;
 pub mod secret;
 pub mod serve;

@@ -57,6 +57,7 @@ pub struct Metrics {
     sync_last_success: Gauge,
     sync_verifications: Family<ReasonLabels, Counter>,
     kube_api_requests: Family<ApiLabels, Counter>,
+    repairs: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -163,6 +164,12 @@ impl Metrics {
                 "Requests sent to the Kubernetes API, retries included, by method and status",
                 Family::default(),
             ),
+            repairs: register(
+                r,
+                "repairs",
+                "Pods stuck pulling for want of a secret, by what the repairer did (evicted, gone, blocked, rate_limited, error) or why it left them (bare_pod, no_rule, has_secrets, replacement_lacks_secret)",
+                Family::default(),
+            ),
             registry: std::mem::take(r),
         };
         // Every outcome is exported from the start, at 0.
@@ -237,6 +244,10 @@ impl Metrics {
         self.sync_verifications
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn repair(&self, result: &'static str) {
+        self.repairs.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn kube_api_request(&self, method: &str, code: u16) {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::kube_client::{self, KubeArgs};
 use crate::metrics::Metrics;
+use crate::repair::{self, RepairArgs};
 use crate::server::{self, AppState, Limits};
 use crate::sync::{self, SyncArgs, Verifier};
 use crate::tls::{self, CertResolver, TlsArgs};
@@ -42,6 +43,8 @@ pub struct ServeArgs {
     pub no_sync: bool,
     #[command(flatten)]
     pub sync: SyncArgs,
+    #[command(flatten)]
+    pub repair: RepairArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
     /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
@@ -106,7 +109,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let verifier = start_sync(&args, &store, &metrics, stopped(stop_rx.clone())).await;
+    let verifier = start_cluster_tasks(&args, &store, &metrics, || stopped(stop_rx.clone())).await;
 
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
@@ -186,38 +189,55 @@ fn abort() -> ! {
     std::process::exit(130)
 }
 
-/// Starts the secret sync when it is wanted and a cluster answers; the webhook's handle on it.
-async fn start_sync(
+/// Starts the secret sync and the repairer, each when it is wanted and a cluster answers;
+/// the webhook's handle on the sync.
+async fn start_cluster_tasks<F>(
     args: &ServeArgs,
     store: &Arc<ConfigStore>,
     metrics: &Arc<Metrics>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Verifier {
+    stop: impl Fn() -> F,
+) -> Verifier
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     if args.no_sync {
         tracing::info!("secret sync is off (--no-sync)");
+    }
+    if args.no_sync && !args.repair.enabled {
+        return Verifier::disabled();
+    }
+    let client = match kube_client::connect(&args.kube, metrics.clone()).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::info!(%error, "no cluster reachable: the webhook runs alone, without the secret sync or the repair");
+            return Verifier::disabled();
+        }
+    };
+    if args.repair.enabled {
+        tokio::spawn(repair::run(
+            client.clone(),
+            store.clone(),
+            metrics.clone(),
+            args.repair.clone(),
+            stop(),
+        ));
+    }
+    if args.no_sync {
         return Verifier::disabled();
     }
     let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
-    match kube_client::connect(&args.kube, metrics.clone()).await {
-        Ok(client) => {
-            tracing::info!(%namespace, "secret sync starting");
-            let (verifier, requests) = Verifier::new(args.sync.verify_on_admission);
-            tokio::spawn(sync::run(
-                client,
-                namespace,
-                store.clone(),
-                metrics.clone(),
-                args.sync.clone(),
-                requests,
-                stop,
-            ));
-            verifier
-        }
-        Err(error) => {
-            tracing::info!(%error, "no cluster reachable: the webhook runs alone, without the secret sync");
-            Verifier::disabled()
-        }
-    }
+    tracing::info!(%namespace, "secret sync starting");
+    let (verifier, requests) = Verifier::new(args.sync.verify_on_admission);
+    tokio::spawn(sync::run(
+        client,
+        namespace,
+        store.clone(),
+        metrics.clone(),
+        args.sync.clone(),
+        requests,
+        stop(),
+    ));
+    verifier
 }
 
 /// The namespace of the pod we run in, as the ServiceAccount mount tells it.

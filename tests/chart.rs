@@ -467,6 +467,58 @@ fn rbac_reaches_secrets_by_name_only() {
 
 #[test]
 #[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn repair_rbac_and_flags_only_when_asked() {
+    let helm = tool("helm");
+    let pod_rules = |docs: &[Value]| -> Vec<Value> {
+        find(docs, "ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.as_str().unwrap().starts_with("pods"))
+            })
+            .cloned()
+            .collect()
+    };
+    let off = render_default(&helm);
+    assert!(pod_rules(&off).is_empty(), "no access to Pods by default");
+    assert!(!serve_args(&off).repair.enabled);
+
+    let on = documents(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "repair.enabled=true",
+                "--set",
+                "repair.maxPerNamespacePerMinute=2",
+            ],
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        pod_rules(&on),
+        [
+            serde_json::json!({ "apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"] }),
+            serde_json::json!({ "apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"] }),
+        ]
+    );
+    let args = serve_args(&on);
+    assert!(args.repair.enabled);
+    assert_eq!(args.repair.repair_max_per_minute, 30);
+    assert_eq!(args.repair.repair_max_per_namespace_per_minute, 2);
+    assert!(
+        template(&helm, &["--set", "repair.maxPerMinute=0"]).is_err(),
+        "the schema refuses a zero rate"
+    );
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
 fn disruption_budget_only_with_several_replicas() {
     let helm = tool("helm");
     let count = |args: &[&str]| {

@@ -3,7 +3,9 @@
 //! binary. It keeps Namespaces, Secrets and Events with the semantics the sync relies on:
 //! list and watch with resourceVersions (and 410 Gone once compacted), metadata-only lists,
 //! `get`, server-side apply, `create`, `delete` with uid/resourceVersion preconditions, an
-//! immutable Secret type. It can add latency, delay one collection's list, answer with
+//! immutable Secret type; and Pods for the repairer: a cluster-wide list and watch with a
+//! `status.phase` field selector, and the Eviction API with a uid precondition and
+//! PodDisruptionBudget refusals. It can add latency, delay one collection's list, answer with
 //! injected faults (429 with `Retry-After`, 5xx), and it logs every request.
 #![allow(dead_code)]
 
@@ -55,7 +57,10 @@ struct Change {
 pub struct State {
     pub namespaces: BTreeMap<String, Value>,
     pub secrets: BTreeMap<(String, String), Value>,
+    pub pods: BTreeMap<(String, String), Value>,
     pub events: Vec<Value>,
+    /// Evictions answered 429, as when a PodDisruptionBudget allows no disruption.
+    pub evictions_blocked: bool,
     rv: u64,
     /// Changes by collection (`namespaces`, `secrets/<ns>`), in resourceVersion order.
     changes: HashMap<String, Vec<Change>>,
@@ -234,6 +239,49 @@ impl FakeApi {
         self.notify();
     }
 
+    /// Creates or replaces a Pod (namespace and name from its metadata).
+    pub fn put_pod(&self, mut pod: Value) {
+        let mut st = self.state();
+        let rv = st.bump();
+        pod["apiVersion"] = json!("v1");
+        pod["kind"] = json!("Pod");
+        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = (
+            pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        let existed = st.pods.insert(key, pod.clone()).is_some();
+        st.record("pods", if existed { "MODIFIED" } else { "ADDED" }, pod);
+        drop(st);
+        self.notify();
+    }
+
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Value> {
+        self.state()
+            .pods
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The evictions requested, as `namespace/name`.
+    pub fn evictions(&self) -> Vec<String> {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.method == Method::POST && r.path.ends_with("/eviction"))
+            .map(|r| {
+                let parts: Vec<&str> = r.path.split('/').collect();
+                format!("{}/{}", parts[4], parts[6])
+            })
+            .collect()
+    }
+
     pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
         self.state()
             .secrets
@@ -338,6 +386,15 @@ impl FakeApi {
             ("GET", ["api", "v1", "namespaces"]) => {
                 return self.collection("namespaces", "Namespace", &query, watch, metadata_only);
             }
+            ("GET", ["api", "v1", "pods"]) => {
+                return self.collection("pods", "Pod", &query, watch, metadata_only);
+            }
+            ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => {
+                let key = (ns.to_string(), name.to_string());
+                let answer = self.state().evict(key, &body);
+                self.notify();
+                answer
+            }
             ("GET", ["api", "v1", "namespaces", ns, "secrets"]) => {
                 return self.collection(
                     &format!("secrets/{ns}"),
@@ -386,16 +443,20 @@ impl FakeApi {
                 object.clone()
             }
         };
+        let selected = selector(query);
+        let shape = move |object: &Value| selected(object).then(|| shape(object));
         let st = self.state();
         if !watch {
             let items: Vec<Value> = if collection == "namespaces" {
-                st.namespaces.values().map(shape).collect()
+                st.namespaces.values().filter_map(shape).collect()
+            } else if collection == "pods" {
+                st.pods.values().filter_map(shape).collect()
             } else {
                 let ns = collection.trim_start_matches("secrets/");
                 st.secrets
                     .iter()
                     .filter(|((n, _), _)| n == ns)
-                    .map(|(_, s)| shape(s))
+                    .filter_map(|(_, s)| shape(s))
                     .collect()
             };
             let (api_version, list_kind) = if metadata_only {
@@ -434,10 +495,10 @@ impl FakeApi {
         let api = self.clone();
         let collection = collection.to_owned();
         let rx = self.changed.subscribe();
-        let stream = futures::stream::unfold(
-            (api, rx, cursor),
-            move |(api, mut rx, mut cursor)| {
+        let stream =
+            futures::stream::unfold((api, rx, cursor), move |(api, mut rx, mut cursor)| {
                 let collection = collection.clone();
+                let shape = shape.clone();
                 async move {
                     loop {
                         rx.borrow_and_update();
@@ -455,9 +516,15 @@ impl FakeApi {
                             if cursor < log.len() && !stalled {
                                 let mut out = String::new();
                                 for change in &log[cursor..] {
+                                    // An object that leaves the selection is DELETED to
+                                    // the watcher, as the API server tells it.
+                                    let (type_, object) = match shape(&change.object) {
+                                        Some(object) => (change.type_, object),
+                                        None if change.type_ == "DELETED" => continue,
+                                        None => ("DELETED", change.object.clone()),
+                                    };
                                     out.push_str(
-                                        &json!({ "type": change.type_, "object": shape(&change.object) })
-                                            .to_string(),
+                                        &json!({ "type": type_, "object": object }).to_string(),
                                     );
                                     out.push('\n');
                                 }
@@ -479,9 +546,29 @@ impl FakeApi {
                         }
                     }
                 }
-            },
-        );
+            });
         streaming(StreamBody::new(stream).boxed_unsync())
+    }
+}
+
+/// The `labelSelector` (`key=value`) and `fieldSelector` (`status.phase=X`) of a list or
+/// watch, as a filter.
+fn selector(query: &HashMap<String, String>) -> impl Fn(&Value) -> bool + Clone + use<> {
+    let decode = |v: &String| v.replace("%3D", "=").replace("%2F", "/");
+    let label = query.get("labelSelector").map(decode);
+    let field = query.get("fieldSelector").map(decode);
+    move |object: &Value| {
+        let label_ok = label.as_deref().is_none_or(|sel| {
+            sel.split_once('=')
+                .is_some_and(|(k, v)| object["metadata"]["labels"][k] == v)
+        });
+        let field_ok = field
+            .as_deref()
+            .is_none_or(|sel| match sel.split_once('=') {
+                Some(("status.phase", phase)) => object["status"]["phase"] == phase,
+                _ => true,
+            });
+        label_ok && field_ok
     }
 }
 
@@ -505,6 +592,32 @@ impl State {
             .entry(collection.to_owned())
             .or_default()
             .push(Change { rv, type_, object });
+    }
+
+    fn evict(&mut self, key: (String, String), body: &Value) -> (u16, Value) {
+        let Some(pod) = self.pods.get(&key) else {
+            return status(404, "NotFound", &format!("pods \"{}\" not found", key.1));
+        };
+        let want_uid = &body["deleteOptions"]["preconditions"]["uid"];
+        if want_uid.is_string() && *want_uid != pod["metadata"]["uid"] {
+            return status(409, "Conflict", "Precondition failed: UID in precondition");
+        }
+        if self.evictions_blocked {
+            return status(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            );
+        }
+        let Some(gone) = self.pods.remove(&key) else {
+            return status(404, "NotFound", "gone");
+        };
+        self.bump();
+        self.record("pods", "DELETED", gone);
+        (
+            201,
+            json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201 }),
+        )
     }
 
     fn create_secret(&mut self, key: (String, String), mut body: Value) -> (u16, Value) {
