@@ -5,7 +5,9 @@
 //! The webhook runs on this machine and is registered with the MutatingWebhookConfiguration
 //! the chart renders in its external-URL mode. Nothing here needs a kubelet, a scheduler or a
 //! controller-manager: every assertion is on what the API server stored (or answered, for
-//! dry-run). Every run uses fresh namespaces and removes what it made, also when a case fails.
+//! dry-run). The repair case is the one that uses them where the cluster has Ready nodes (a
+//! Deployment whose Pods really fail to pull); on a bare API server it sets the stuck status
+//! itself, as the kubelet would. Every run uses fresh namespaces and removes what it made, also when a case fails.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +24,14 @@ use serde_json::{Value, json};
 
 const GAR_IMAGE: &str = "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1";
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The injector's rules: its config file, and the chart's `registries` (the image
+/// matchCondition is rendered from them).
+const RULES: [(&str, &str); 4] = [
+    ("asia-northeast1-docker.pkg.dev", "gar-pull"),
+    ("ghcr.io/acme", "ghcr-acme"),
+    ("docker.io", "dockerhub"),
+    ("localhost:5000", "local-registry"),
+];
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,6 +88,7 @@ impl Run {
                 "127.0.0.1:0",
             ])
             .args([
+                "--repair",
                 "--namespace",
                 &self.source_ns,
                 // Long: every repair below must come from a start, an event or an
@@ -233,6 +244,10 @@ where
 
 /// The MutatingWebhookConfiguration as the chart renders it in external-URL mode.
 fn render_webhook(run: &Run, ca_bundle: &str, kube_version: &str) -> MutatingWebhookConfiguration {
+    let registries: Value = RULES
+        .iter()
+        .map(|(m, secret)| json!({ "match": m, "secret": secret }))
+        .collect();
     let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".to_owned());
     let out = Command::new(&helm)
         .args(["template", &format!("psi-e2e-{}", run.id)])
@@ -263,7 +278,10 @@ fn render_webhook(run: &Run, ca_bundle: &str, kube_version: &str) -> MutatingWeb
             "webhook.timeoutSeconds=10",
             "--set",
             "webhook.failurePolicy=Ignore",
+            "--set",
+            "webhook.imageMatchCondition=true",
         ])
+        .args(["--set-json", &format!("registries={registries}")])
         // matchConditions only where the cluster has them.
         .args(["--kube-version", kube_version])
         .output()
@@ -321,11 +339,11 @@ async fn setup() -> Run {
         port,
         server: None,
     };
-    std::fs::write(
-        run.config_path(),
-        "registries:\n  - match: asia-northeast1-docker.pkg.dev\n    secret: gar-pull\n  - match: ghcr.io/acme\n    secret: ghcr-acme\n  - match: docker.io\n    secret: dockerhub\n  - match: localhost:5000\n    secret: local-registry\n",
-    )
-    .unwrap();
+    let rules: String = RULES
+        .iter()
+        .map(|(m, secret)| format!("  - match: {m}\n    secret: {secret}\n"))
+        .collect();
+    std::fs::write(run.config_path(), format!("registries:\n{rules}")).unwrap();
     run
 }
 
@@ -604,8 +622,10 @@ async fn cases(run: &mut Run) {
     assert!(stored.name_any().starts_with("web-84858677cd-"));
     assert_eq!(pull_secrets(&stored), ["gar-pull"], "case 8");
 
+    match_condition_case(run).await;
     sync_cases(run).await;
     webhook_down_case(run).await;
+    repair_case(run).await;
     restart_case(run).await;
 }
 
@@ -781,4 +801,259 @@ async fn webhook_down_case(run: &mut Run) {
         }
     })
     .await;
+}
+
+/// Case 10, repair: Pods created while the webhook was down, stuck pulling, are evicted once
+/// it is back, and their controller's new Pods carry the secret; a bare Pod is left alone.
+async fn repair_case(run: &mut Run) {
+    let a = run.ns_a.clone();
+    eventually("the copy the repaired Pods will use", || async {
+        run.secrets(&a).get_opt("gar-pull").await.ok().flatten()
+    })
+    .await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(run.client.clone());
+    let ready_nodes = nodes
+        .list(&ListParams::default())
+        .await
+        .map(|list| {
+            list.items.iter().any(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+        })
+        .unwrap_or(false);
+    run.stop_server();
+    let bare = run
+        .create_pod(
+            &a,
+            pod("repair-bare", json!([{ "name": "c", "image": GAR_IMAGE }])),
+        )
+        .await;
+    assert!(
+        pull_secrets(&bare).is_empty(),
+        "created while the webhook is down"
+    );
+    if ready_nodes {
+        repair_deployment(run, &a).await;
+    } else {
+        repair_simulated(run, &a).await;
+    }
+    // The bare Pod is never evicted. On a cluster its pull fails for real; here, say so.
+    if !ready_nodes {
+        set_stuck(run, &a, "repair-bare").await;
+    }
+    eventually("the Event on the bare Pod", || async {
+        repair_event(run, &a, "repair-bare", "Skip").await
+    })
+    .await;
+    assert!(run.pods(&a).get_opt("repair-bare").await.unwrap().is_some());
+}
+
+/// A real Deployment: the kubelet reports ErrImagePull, the repairer evicts, the ReplicaSet
+/// recreates the Pods through the webhook.
+async fn repair_deployment(run: &mut Run, ns: &str) {
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "repair-web" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "repair-web" } },
+            "template": {
+                "metadata": { "labels": { "app": "repair-web" } },
+                "spec": { "containers": [{ "name": "c", "image": GAR_IMAGE }] }
+            }
+        }
+    }))
+    .unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(run.client.clone(), ns);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+    let by_label = ListParams::default().labels("app=repair-web");
+    let shared = &*run;
+    let first: Vec<String> = eventually(
+        "the Deployment's Pods stuck pulling, without the secret",
+        || {
+            let by_label = by_label.clone();
+            async move {
+                let pods = shared.pods(ns).list(&by_label).await.ok()?.items;
+                let stuck = pods.len() == 2
+                    && pods
+                        .iter()
+                        .all(|p| pull_secrets(p).is_empty() && is_stuck(p));
+                stuck.then(|| pods.iter().map(ResourceExt::name_any).collect())
+            }
+        },
+    )
+    .await;
+    run.start_server();
+    let run = &*run;
+    eventually(
+        "every Pod of the Deployment recreated with the secret",
+        || {
+            let by_label = by_label.clone();
+            let first = first.clone();
+            async move {
+                let pods = run.pods(ns).list(&by_label).await.ok()?.items;
+                let live: Vec<&Pod> = pods
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .collect();
+                let done = live.len() == 2
+                    && live
+                        .iter()
+                        .all(|p| pull_secrets(p) == ["gar-pull"] && !first.contains(&p.name_any()));
+                done.then_some(())
+            }
+        },
+    )
+    .await;
+    eventually("the eviction Event", || async {
+        repair_event(run, ns, &first[0], "Evict").await
+    })
+    .await;
+    let _ = deployments
+        .delete("repair-web", &DeleteParams::default())
+        .await;
+}
+
+/// A bare API server: a ReplicaSet no controller acts on, its Pod given the status the kubelet
+/// reports when a pull fails; the repairer evicts it.
+async fn repair_simulated(run: &mut Run, ns: &str) {
+    let replica_sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        Api::namespaced(run.client.clone(), ns);
+    let rs: k8s_openapi::api::apps::v1::ReplicaSet = serde_json::from_value(json!({
+        "metadata": { "name": "repair-web" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "repair-web" } },
+            "template": {
+                "metadata": { "labels": { "app": "repair-web" } },
+                "spec": { "containers": [{ "name": "c", "image": GAR_IMAGE }] }
+            }
+        }
+    }))
+    .unwrap();
+    let rs = replica_sets
+        .create(&PostParams::default(), &rs)
+        .await
+        .expect("create the ReplicaSet");
+    let mut owned = pod("repair-web-1", json!([{ "name": "c", "image": GAR_IMAGE }]));
+    owned["metadata"]["labels"] = json!({ "app": "repair-web" });
+    owned["metadata"]["ownerReferences"] = json!([{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "repair-web", "uid": rs.uid(), "controller": true, "blockOwnerDeletion": true }]);
+    let stored = run.create_pod(ns, owned).await;
+    assert!(pull_secrets(&stored).is_empty());
+    set_stuck(run, ns, "repair-web-1").await;
+    run.start_server();
+    eventually("the stuck Pod evicted", || async {
+        let pod = run.pods(ns).get_opt("repair-web-1").await.ok()?;
+        pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    eventually("the eviction Event", || async {
+        repair_event(run, ns, "repair-web-1", "Evict").await
+    })
+    .await;
+    let _ = replica_sets
+        .delete("repair-web", &DeleteParams::default())
+        .await;
+}
+
+/// Gives a Pod the status the kubelet reports when its image cannot be pulled.
+async fn set_stuck(run: &Run, ns: &str, name: &str) {
+    let status = json!({ "status": { "phase": "Pending", "containerStatuses": [{
+        "name": "c", "image": GAR_IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+        "state": { "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image" } } }] } });
+    run.pods(ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("set the status of {ns}/{name}: {e}"));
+}
+
+fn is_stuck(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|statuses| {
+            statuses.iter().any(|c| {
+                let reason = c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref());
+                matches!(reason, Some("ErrImagePull" | "ImagePullBackOff"))
+            })
+        })
+}
+
+/// `Some` once a `PullSecretRepair` Event with `action` names the Pod.
+async fn repair_event(run: &Run, ns: &str, pod: &str, action: &str) -> Option<()> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(run.client.clone(), ns);
+    let list = events.list(&ListParams::default()).await.ok()?;
+    list.items
+        .iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("PullSecretRepair")
+                && e.action.as_deref() == Some(action)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+        })
+        .then_some(())
+}
+
+/// Case 11: with the image matchCondition (Kubernetes 1.28+), the API server does not call the
+/// webhook for a Pod whose images no rule can match, and still calls it for the others.
+async fn match_condition_case(run: &Run) {
+    let webhook = Api::<MutatingWebhookConfiguration>::all(run.client.clone())
+        .get(&run.webhook_name)
+        .await
+        .unwrap();
+    let has_conditions = webhook.webhooks.iter().flatten().any(|w| {
+        w.match_conditions
+            .iter()
+            .flatten()
+            .any(|c| c.name == "an-image-may-match-a-rule")
+    });
+    if !has_conditions {
+        eprintln!("case 11 skipped: the API server predates matchConditions (1.28)");
+        return;
+    }
+    let a = &run.ns_a;
+    let stored = run
+        .create_pod(
+            a,
+            pod(
+                "unmatched",
+                json!([{ "name": "c", "image": "quay.io/prometheus/busybox:latest" }]),
+            ),
+        )
+        .await;
+    assert!(pull_secrets(&stored).is_empty(), "case 11");
+    let stored = run
+        .create_pod(
+            a,
+            pod(
+                "matched",
+                json!([{ "name": "c", "image": "ghcr.io/acme/api:1" }]),
+            ),
+        )
+        .await;
+    assert_eq!(pull_secrets(&stored), ["ghcr-acme"], "case 11");
+    let reviewed = |name: &str| {
+        run.server_log().lines().any(|line| {
+            line.contains("\"message\":\"review\"") && line.contains(&format!("\"pod\":\"{name}\""))
+        })
+    };
+    assert!(
+        reviewed("matched"),
+        "case 11: the review of the matched Pod is logged"
+    );
+    assert!(
+        !reviewed("unmatched"),
+        "case 11: the API server sent a Pod no rule can match"
+    );
 }
