@@ -9,9 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::FutureExt;
 
 use crate::admission;
 use crate::config::Config;
+use crate::credentials::http::HttpClient;
+use crate::credentials::refresh::{CredentialArgs, mint_once};
+use crate::credentials::{KeyRef, MintEnv, MintError};
 use crate::logging::LogArgs;
 use crate::match_condition::{IMAGE_CONDITION, ImageCondition, PER_CALL_LIMIT, match_conditions};
 use crate::secret::CreateSecretArgs;
@@ -44,6 +48,27 @@ pub enum Command {
     /// Print configuration generated from the rules, for installs without the Helm chart.
     #[command(subcommand)]
     Render(Render),
+    /// Mint a secret's credentials once from its credential source and print the resulting
+    /// `.dockerconfigjson` (to test a setup by hand; the expiry goes to stderr).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Registries config (YAML) with the secret's source in its `secrets:` map.
+    #[arg(long, env = "PSI_CONFIG")]
+    pub config: PathBuf,
+    /// The secret to mint.
+    pub secret: String,
+    /// For gcpServiceAccountKey: read the key from this file instead of its Secret.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// For gcpServiceAccountKey without --key-file: the namespace of the key's Secret
+    /// [default: the kubeconfig's namespace].
+    #[arg(long, env = "PSI_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::CreateSecret(args) => crate::secret::run(&args),
         Command::Render(Render::MatchConditions(args)) => render_match_conditions(&args),
+        Command::Token(args) => token(&args),
     };
     match result {
         Ok(code) => code,
@@ -214,10 +240,89 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     for (i, rule) in config.rules().iter().enumerate() {
         writeln!(out, "  {:>2}. {rule}", i + 1)?;
     }
+    for secret in config.secrets() {
+        match config.source(secret) {
+            Some(source) => writeln!(out, "  secret {secret}: minted from {source}")?,
+            None => writeln!(
+                out,
+                "  secret {secret}: copied from the Secret of that name"
+            )?,
+        }
+    }
     for w in &warnings {
         writeln!(out, "warning: {w}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let minted = runtime.block_on(async {
+        let http = HttpClient::new(std::time::Duration::from_secs(30))
+            .context("cannot load the system's TLS roots")?;
+        let key_file = args.key_file.clone();
+        let namespace = args.namespace.clone();
+        let read_key = move |key: &KeyRef| {
+            let (key_file, namespace, key) = (key_file.clone(), namespace.clone(), key.clone());
+            async move { read_key(key_file, namespace, key).await }.boxed()
+        };
+        let env = MintEnv {
+            read_key: &read_key,
+            http: &http,
+            metadata_host: &args.credentials.gcp_metadata_host,
+            plugin_timeout: args.credentials.credential_plugin_timeout,
+        };
+        mint_once(&config, &args.secret, &env)
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    let mut out = minted.docker_config_json();
+    out.push(b'\n');
+    std::io::stdout().write_all(&out)?;
+    eprintln!(
+        "{}: {} registr{}, expires at {}",
+        args.secret,
+        minted.auths.len(),
+        if minted.auths.len() == 1 { "y" } else { "ies" },
+        humantime::format_rfc3339_seconds(minted.expires_at)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A service-account key from a file, or from its Secret through the kubeconfig.
+async fn read_key(
+    file: Option<PathBuf>,
+    namespace: Option<String>,
+    key: KeyRef,
+) -> Result<Vec<u8>, MintError> {
+    if let Some(file) = file {
+        return std::fs::read(&file)
+            .map_err(|e| MintError::Key(format!("cannot read {}: {e}", file.display())));
+    }
+    let fail = |e: String| MintError::Key(format!("{e} (or give --key-file)"));
+    let client = kube::Client::try_default().await.map_err(|e| {
+        fail(format!(
+            "no cluster to read Secret {} from: {e}",
+            key.secret
+        ))
+    })?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = match &namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::default_namespaced(client),
+    };
+    let secret = api
+        .get(&key.secret)
+        .await
+        .map_err(|e| fail(format!("cannot read Secret {}: {e}", key.secret)))?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(&key.key))
+        .map(|b| b.0)
+        .ok_or_else(|| fail(format!("Secret {} has no key {:?}", key.secret, key.key)))
 }
 
 fn render_match_conditions(args: &MatchConditionsArgs) -> anyhow::Result<ExitCode> {

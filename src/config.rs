@@ -2,8 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
+use crate::credentials::Source;
 use crate::image::ImageRef;
 use crate::rules::{Rule, RuleError, RuleWarning};
 
@@ -13,6 +16,8 @@ pub struct Config {
     rules: Vec<Rule>,
     /// Distinct secret names, in order of first appearance.
     secrets: Vec<String>,
+    /// Credential sources of the secrets that are minted rather than copied.
+    sources: BTreeMap<String, Source>,
 }
 
 /// A config that cannot be used, with the place and the reason.
@@ -25,6 +30,8 @@ pub enum ConfigError {
     },
     #[error("not a valid config: {0}")]
     Syntax(String),
+    #[error("secrets.{name}: {reason}")]
+    Source { name: String, reason: String },
     #[error("rule {index} (match {source_match:?}): {error}")]
     Rule {
         /// 1-based position in `registries`.
@@ -57,6 +64,8 @@ impl std::fmt::Display for ConfigWarning {
 struct ConfigFile {
     #[serde(default)]
     registries: Option<Vec<RuleSpec>>,
+    #[serde(default)]
+    secrets: Option<BTreeMap<String, Source>>,
 }
 
 #[derive(Deserialize)]
@@ -72,7 +81,10 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<(Self, Vec<ConfigWarning>), ConfigError> {
         // An empty file is an empty config, not a YAML error.
         let file: ConfigFile = if text.trim().is_empty() {
-            ConfigFile { registries: None }
+            ConfigFile {
+                registries: None,
+                secrets: None,
+            }
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(one_line(&e)))?
         };
@@ -109,7 +121,32 @@ impl Config {
                 secrets.push(rule.secret().to_owned());
             }
         }
-        Ok((Self { rules, secrets }, warnings))
+        let sources = file.secrets.unwrap_or_default();
+        for (name, source) in &sources {
+            let bad = |reason: String| ConfigError::Source {
+                name: name.clone(),
+                reason,
+            };
+            crate::rules::validate_secret_name(name).map_err(|e| bad(e.to_string()))?;
+            source.validate().map_err(bad)?;
+            if !secrets.contains(name) {
+                warnings.push(ConfigWarning {
+                    index: 0,
+                    source_match: String::new(),
+                    warning: RuleWarning(format!(
+                        "secrets.{name}: no rule names this secret, so it is never minted"
+                    )),
+                });
+            }
+        }
+        Ok((
+            Self {
+                rules,
+                secrets,
+                sources,
+            },
+            warnings,
+        ))
     }
 
     /// Reads and parses a config file.
@@ -128,6 +165,18 @@ impl Config {
     /// Every secret the config can inject, each once, in config order.
     pub fn secrets(&self) -> &[String] {
         &self.secrets
+    }
+
+    /// The credential source of `secret`, when it is minted rather than copied.
+    pub fn source(&self, secret: &str) -> Option<&Source> {
+        self.sources.get(secret)
+    }
+
+    /// The minted secrets that rules name, with their sources, in config order.
+    pub fn minted(&self) -> impl Iterator<Item = (&str, &Source)> {
+        self.secrets
+            .iter()
+            .filter_map(|name| Some((name.as_str(), self.sources.get(name)?)))
     }
 
     /// Marks in `hits` (one flag per rule) the rules that match `image`; returns whether any

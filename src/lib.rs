@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod image;
 pub mod kube_client;
 pub mod logging;

@@ -28,6 +28,12 @@ struct SecretLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecretResultLabels {
+    secret: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -58,6 +64,8 @@ pub struct Metrics {
     sync_verifications: Family<ReasonLabels, Counter>,
     kube_api_requests: Family<ApiLabels, Counter>,
     repairs: Family<ResultLabels, Counter>,
+    credential_refreshes: Family<SecretResultLabels, Counter>,
+    credential_expiry: Family<SecretLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -170,6 +178,18 @@ impl Metrics {
                 "Pods stuck pulling for want of a secret, by what the repairer did (evicted, gone, blocked, rate_limited, error) or why it left them (bare_pod, no_rule, has_secrets, replacement_lacks_secret)",
                 Family::default(),
             ),
+            credential_refreshes: register(
+                r,
+                "credential_refresh",
+                "Renewals of minted credentials, by secret and result (success, key_error, endpoint_error, plugin_error, conflict, api_error)",
+                Family::default(),
+            ),
+            credential_expiry: register(
+                r,
+                "credential_expiry_timestamp_seconds",
+                "Unix time at which the minted credentials in force expire, by secret",
+                Family::default(),
+            ),
             registry: std::mem::take(r),
         };
         // Every outcome is exported from the start, at 0.
@@ -248,6 +268,24 @@ impl Metrics {
 
     pub fn repair(&self, result: &'static str) {
         self.repairs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn credential_refresh(&self, secret: &str, result: &'static str) {
+        let labels = SecretResultLabels {
+            secret: secret.to_owned(),
+            result,
+        };
+        self.credential_refreshes.get_or_create(&labels).inc();
+    }
+
+    pub fn credential_expiry(&self, secret: &str, expires_at: std::time::SystemTime) {
+        let unix = expires_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let labels = SecretLabels {
+            secret: secret.to_owned(),
+        };
+        self.credential_expiry.get_or_create(&labels).set(unix);
     }
 
     pub fn kube_api_request(&self, method: &str, code: u16) {

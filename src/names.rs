@@ -24,3 +24,10 @@ pub const SOURCE_HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
 pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 /// The legacy pull Secret type (`.dockercfg`), still copied.
 pub const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
+/// Annotation on a minted secret (its source in our namespace, and each copy): the kind of its
+/// credential source (`gcpServiceAccountKey`, ...).
+pub const CREDENTIAL_SOURCE_ANNOTATION: &str = "pullsecret-injector.io/credential-source";
+/// Annotation on a minted secret: when its credentials were minted (RFC 3339).
+pub const MINTED_AT_ANNOTATION: &str = "pullsecret-injector.io/minted-at";
+/// Annotation on a minted secret and its copies: when its credentials expire (RFC 3339).
+pub const EXPIRES_AT_ANNOTATION: &str = "pullsecret-injector.io/expires-at";

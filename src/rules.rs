@@ -199,27 +199,37 @@ impl Rule {
     }
 }
 
-impl fmt::Display for Rule {
-    /// The rule in its normalized form: `host[:port][/path] -> secret`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Rule {
+    /// The match in normalized form, `host[:port][/path]`: also the docker config key a minted
+    /// secret gets for this rule.
+    pub fn key(&self) -> String {
         let host = self
             .labels
             .iter()
             .map(|l| l.source.as_str())
             .collect::<Vec<_>>()
             .join(".");
-        if host.contains(':') {
-            write!(f, "[{host}]")?;
+        let mut out = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            f.write_str(&host)?;
-        }
+            host
+        };
         if let Some(port) = &self.port {
-            write!(f, ":{port}")?;
+            out.push(':');
+            out.push_str(port);
         }
         if !self.path.is_empty() {
-            write!(f, "/{}", self.path)?;
+            out.push('/');
+            out.push_str(&self.path);
         }
-        write!(f, " -> {}", self.secret)
+        out
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule in its normalized form: `host[:port][/path] -> secret`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.key(), self.secret)
     }
 }
 

@@ -14,6 +14,8 @@ use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::credentials::http::HttpClient;
+use crate::credentials::refresh::{CredentialArgs, Refresher};
 use crate::kube_client::{self, KubeArgs};
 use crate::metrics::Metrics;
 use crate::repair::{self, RepairArgs};
@@ -45,6 +47,8 @@ pub struct ServeArgs {
     pub sync: SyncArgs,
     #[command(flatten)]
     pub repair: RepairArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
     /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
@@ -226,6 +230,23 @@ where
         return Verifier::disabled();
     }
     let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    // Minted secrets' sources are written here and copied by the sync like any other.
+    match HttpClient::new(Duration::from_secs(30)) {
+        Ok(http) => {
+            let refresher = Refresher::new(
+                client.clone(),
+                namespace.clone(),
+                store.clone(),
+                metrics.clone(),
+                http,
+                args.credentials.clone(),
+            );
+            tokio::spawn(refresher.run(stop()));
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot load the system's TLS roots: minted secrets are not renewed");
+        }
+    }
     tracing::info!(%namespace, "secret sync starting");
     let (verifier, requests) = Verifier::new(args.sync.verify_on_admission);
     tokio::spawn(sync::run(

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use super::memory::{Known, Memory, Verify, fingerprint};
 use crate::metrics::Metrics;
 use crate::names::{
-    APP_NAME, DOCKER_CFG, DOCKER_CONFIG_JSON, FIELD_MANAGER, INJECT_LABEL, INJECT_LABEL_VALUE,
-    MANAGED_BY_LABEL, SOURCE_ANNOTATION, SOURCE_HASH_ANNOTATION,
+    APP_NAME, CREDENTIAL_SOURCE_ANNOTATION, DOCKER_CFG, DOCKER_CONFIG_JSON, EXPIRES_AT_ANNOTATION,
+    FIELD_MANAGER, INJECT_LABEL, INJECT_LABEL_VALUE, MANAGED_BY_LABEL, SOURCE_ANNOTATION,
+    SOURCE_HASH_ANNOTATION,
 };
 use crate::watch::ConfigStore;
 
@@ -515,6 +516,19 @@ async fn report_conflict(ctx: &Context, existing: &Secret) {
 /// annotations naming the source and hashing its content.
 pub fn copy_of(source: &Secret, source_namespace: &str, namespace: &str) -> Secret {
     let name = source.name_any();
+    let mut annotations = BTreeMap::from([
+        (
+            SOURCE_ANNOTATION.to_owned(),
+            format!("{source_namespace}/{name}"),
+        ),
+        (SOURCE_HASH_ANNOTATION.to_owned(), content_hash(source)),
+    ]);
+    // A minted secret's copies say where the credentials come from and when they expire.
+    for key in [CREDENTIAL_SOURCE_ANNOTATION, EXPIRES_AT_ANNOTATION] {
+        if let Some(value) = source.annotations().get(key) {
+            annotations.insert(key.to_owned(), value.clone());
+        }
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -523,13 +537,7 @@ pub fn copy_of(source: &Secret, source_namespace: &str, namespace: &str) -> Secr
                 MANAGED_BY_LABEL.to_owned(),
                 APP_NAME.to_owned(),
             )])),
-            annotations: Some(BTreeMap::from([
-                (
-                    SOURCE_ANNOTATION.to_owned(),
-                    format!("{source_namespace}/{name}"),
-                ),
-                (SOURCE_HASH_ANNOTATION.to_owned(), content_hash(source)),
-            ])),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         },
         type_: source.type_.clone(),

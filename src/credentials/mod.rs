@@ -1,0 +1,289 @@
+//! Credential sources: where a secret's credentials come from when they are not a byte copy of
+//! a long-lived Secret. A minted secret carries short-lived credentials (an OAuth2 access token
+//! for Artifact Registry, a 12-hour ECR token, what a kubelet credential provider plugin
+//! answers), renewed at a fraction of their lifetime by [`refresh`], the same bytes in every
+//! namespace. The long-lived key stays in the injector's namespace.
+//!
+//! The minted credentials are written to the Secret of the secret's name in the injector's own
+//! namespace, the source the sync then copies like any other. Its annotations say when it was
+//! minted and when it expires, so a replica that finds a fresh one does not mint again.
+
+pub mod gcp;
+pub mod http;
+pub mod plugin;
+pub mod refresh;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::rules::validate_secret_name;
+
+/// Where one secret's credentials come from (the config's `secrets:` map): a map with exactly
+/// one key, the kind.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SourceSpec")]
+pub enum Source {
+    /// A service-account JSON key in a Secret of the injector's namespace: mint OAuth2 access
+    /// tokens from it (`oauth2accesstoken`); the key is never copied.
+    GcpServiceAccountKey(KeyRef),
+    /// The GKE metadata server, or an external-account credential file.
+    GcpWorkloadIdentity(WorkloadIdentity),
+    /// A kubelet image credential provider plugin (`credentialprovider.kubelet.k8s.io/v1`).
+    CredentialProvider(Plugin),
+}
+
+/// The YAML shape of a [`Source`]: one field per kind, exactly one given.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SourceSpec {
+    gcp_service_account_key: Option<KeyRef>,
+    gcp_workload_identity: Option<WorkloadIdentity>,
+    credential_provider: Option<Plugin>,
+}
+
+impl TryFrom<SourceSpec> for Source {
+    type Error = String;
+
+    fn try_from(spec: SourceSpec) -> Result<Self, String> {
+        let given: Vec<Self> = [
+            spec.gcp_service_account_key.map(Self::GcpServiceAccountKey),
+            spec.gcp_workload_identity.map(Self::GcpWorkloadIdentity),
+            spec.credential_provider.map(Self::CredentialProvider),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match <[Self; 1]>::try_from(given) {
+            Ok([source]) => Ok(source),
+            Err(given) => Err(format!(
+                "give exactly one of gcpServiceAccountKey, gcpWorkloadIdentity, credentialProvider (got {})",
+                given.len()
+            )),
+        }
+    }
+}
+
+/// A key of a Secret in the injector's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRef {
+    pub secret: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadIdentity {
+    /// An external-account (workload identity federation) credential file; without it, the
+    /// metadata server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Plugin {
+    /// Absolute path of the plugin binary.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables for the plugin.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// The kind, as the config names it and the copies' annotation shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::GcpServiceAccountKey(_) => "gcpServiceAccountKey",
+            Self::GcpWorkloadIdentity(_) => "gcpWorkloadIdentity",
+            Self::CredentialProvider(_) => "credentialProvider",
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::GcpServiceAccountKey(key) => {
+                validate_secret_name(&key.secret).map_err(|e| format!("secret: {e}"))?;
+                if key.key.is_empty() {
+                    return Err("key is empty".to_owned());
+                }
+            }
+            Self::GcpWorkloadIdentity(wi) => {
+                if wi.credentials_file.as_deref() == Some("") {
+                    return Err("credentialsFile is empty".to_owned());
+                }
+            }
+            Self::CredentialProvider(plugin) => {
+                if !plugin.command.starts_with('/') {
+                    return Err(format!(
+                        "command {:?} must be an absolute path",
+                        plugin.command
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Source {
+    /// One line for `check-config`: the kind and where, never a credential.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::GcpServiceAccountKey(k) => write!(
+                f,
+                "gcpServiceAccountKey (key {:?} of Secret {:?})",
+                k.key, k.secret
+            ),
+            Self::GcpWorkloadIdentity(WorkloadIdentity {
+                credentials_file: Some(file),
+            }) => write!(f, "gcpWorkloadIdentity (external account {file})"),
+            Self::GcpWorkloadIdentity(_) => write!(f, "gcpWorkloadIdentity (metadata server)"),
+            Self::CredentialProvider(p) => write!(f, "credentialProvider ({})", p.command),
+        }
+    }
+}
+
+/// Credentials a source minted, with when they stop working.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Minted {
+    /// `auths` entries: registry key (as in a docker config) to username and password.
+    pub auths: BTreeMap<String, (String, String)>,
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for Minted {
+    // Never the password, not even in a debug print.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Minted")
+            .field("registries", &self.auths.keys().collect::<Vec<_>>())
+            .field(
+                "expires_at",
+                &humantime::format_rfc3339_seconds(self.expires_at),
+            )
+            .finish()
+    }
+}
+
+impl Minted {
+    /// The same credentials for every key in `keys`.
+    pub fn for_keys(
+        keys: &[String],
+        username: &str,
+        password: &str,
+        expires_at: SystemTime,
+    ) -> Self {
+        let auths = keys
+            .iter()
+            .map(|k| (k.clone(), (username.to_owned(), password.to_owned())))
+            .collect();
+        Self { auths, expires_at }
+    }
+
+    /// The `.dockerconfigjson` content, as `kubectl create secret docker-registry` writes it.
+    pub fn docker_config_json(&self) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let auths: serde_json::Map<String, serde_json::Value> = self
+            .auths
+            .iter()
+            .map(|(key, (user, password))| {
+                let entry = serde_json::json!({
+                    "username": user,
+                    "password": password,
+                    "auth": b64.encode(format!("{user}:{password}")),
+                });
+                (key.clone(), entry)
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
+    }
+
+    /// How long the credentials live from `minted_at`.
+    pub fn lifetime(&self, minted_at: SystemTime) -> Duration {
+        self.expires_at
+            .duration_since(minted_at)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Why minting failed. The message never holds a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("cannot read the key: {0}")]
+    Key(String),
+    #[error("token endpoint {endpoint}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    #[error("credential provider {command}: {message}")]
+    Plugin { command: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl MintError {
+    /// The `result` label of the refresh metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Key(_) => "key_error",
+            Self::Endpoint { .. } => "endpoint_error",
+            Self::Plugin { .. } => "plugin_error",
+            Self::Other(_) => "error",
+        }
+    }
+}
+
+/// Reads a key of a Secret in the injector's namespace.
+pub type KeyReader<'a> = dyn Fn(&KeyRef) -> futures::future::BoxFuture<'static, Result<Vec<u8>, MintError>>
+    + Send
+    + Sync
+    + 'a;
+
+/// What minting needs besides the source: how to read a key Secret of the injector's
+/// namespace, and how to reach token endpoints.
+pub struct MintEnv<'a> {
+    pub read_key: &'a KeyReader<'a>,
+    pub http: &'a http::HttpClient,
+    /// Where the GCP metadata server is (tests point it elsewhere).
+    pub metadata_host: &'a str,
+    /// Longest a plugin may run.
+    pub plugin_timeout: Duration,
+}
+
+/// The registry keys a minted secret's `auths` get: the matches of the rules that name it,
+/// in normalized form (`host[:port][/path]`), each once.
+pub fn registry_keys(config: &Config, secret: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for rule in config.rules().iter().filter(|r| r.secret() == secret) {
+        let key = rule.key();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Mints credentials for `secret` from `source`, for `keys`.
+pub async fn mint(
+    source: &Source,
+    keys: &[String],
+    env: &MintEnv<'_>,
+) -> Result<Minted, MintError> {
+    match source {
+        Source::GcpServiceAccountKey(key) => {
+            let json = (env.read_key)(key).await?;
+            gcp::mint_from_key(&json, keys, env.http).await
+        }
+        Source::GcpWorkloadIdentity(wi) => match &wi.credentials_file {
+            Some(file) => gcp::mint_external_account(file, keys, env.http).await,
+            None => gcp::mint_from_metadata(env.metadata_host, keys, env.http).await,
+        },
+        Source::CredentialProvider(plugin) => plugin::mint(plugin, keys, env.plugin_timeout).await,
+    }
+}

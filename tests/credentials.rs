@@ -1,0 +1,677 @@
+//! Credential sources: a Google service-account key against a local token endpoint that checks
+//! the signed JWT for real (RS256 against the key's public half, `iss`, `aud`, `scope`, `exp`),
+//! kubelet credential provider plugins (one that answers, one that fails, one that hangs), and
+//! the refresher against the fake API server: minted once, fresh for a replica that looks
+//! again, renewed in place at half the lifetime, never over a foreign Secret, carried by the
+//! sync to every copy with the same bytes.
+
+mod common;
+mod fake_api;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use base64::Engine as _;
+use fake_api::FakeApi;
+use http::StatusCode;
+use pullsecret_injector::config::Config;
+use pullsecret_injector::credentials::http::HttpClient;
+use pullsecret_injector::credentials::refresh::{CredentialArgs, Outcome, RefreshError, Refresher};
+use pullsecret_injector::credentials::{
+    self, KeyRef, MintEnv, MintError, Plugin, Source, gcp, plugin,
+};
+use pullsecret_injector::metrics::Metrics;
+use pullsecret_injector::watch::ConfigStore;
+use serde_json::{Value, json};
+
+const OWN_NS: &str = "pullsecret-injector";
+const EMAIL: &str = "puller@acme-prod.iam.gserviceaccount.com";
+
+fn data(name: &str) -> PathBuf {
+    common::data_path(&format!("gcp/{name}"))
+}
+
+fn plugin_path(name: &str) -> String {
+    format!("{}/tests/plugins/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---- a token endpoint that checks the assertion -------------------------------------------
+
+struct Endpoint {
+    url: String,
+    issued: Arc<AtomicU32>,
+    expires_in: Arc<AtomicU64>,
+    refuse: Arc<Mutex<bool>>,
+}
+
+#[derive(Clone)]
+struct EndpointState {
+    url: String,
+    public_key: Vec<u8>,
+    issued: Arc<AtomicU32>,
+    expires_in: Arc<AtomicU64>,
+    refuse: Arc<Mutex<bool>>,
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    scope: String,
+    iat: u64,
+    exp: u64,
+}
+
+type Answer = (
+    StatusCode,
+    [(http::header::HeaderName, &'static str); 1],
+    String,
+);
+
+fn answer(code: StatusCode, body: Value) -> Answer {
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn token(State(st): State<EndpointState>, body: String) -> Answer {
+    let form: std::collections::HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let bad = |why: &str| {
+        answer(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "invalid_grant", "error_description": why }),
+        )
+    };
+    if *st.refuse.lock().unwrap() {
+        return bad("Invalid JWT Signature.");
+    }
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return bad("grant_type");
+    }
+    let Some(assertion) = form.get("assertion") else {
+        return bad("no assertion");
+    };
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(&st.public_key).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[&st.url]);
+    validation.set_issuer(&[EMAIL]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    let claims = match jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) => return bad(&format!("assertion: {e}")),
+    };
+    if claims.scope != "https://www.googleapis.com/auth/cloud-platform" {
+        return bad("scope");
+    }
+    if claims.exp.saturating_sub(claims.iat) > 3600 {
+        return bad("lifetime over an hour");
+    }
+    let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
+    answer(
+        StatusCode::OK,
+        json!({ "access_token": format!("ya29.token-{n}"), "expires_in": st.expires_in.load(Ordering::SeqCst), "token_type": "Bearer" }),
+    )
+}
+
+async fn endpoint(expires_in: u64) -> Endpoint {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let state = EndpointState {
+        url: url.clone(),
+        public_key: std::fs::read(data("test-key.pub.pem")).unwrap(),
+        issued: Arc::default(),
+        expires_in: Arc::new(AtomicU64::new(expires_in)),
+        refuse: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/token", post(token))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Endpoint {
+        url,
+        issued: state.issued,
+        expires_in: state.expires_in,
+        refuse: state.refuse,
+    }
+}
+
+/// A service-account JSON key whose token_uri is `endpoint`, signed with `key_file`.
+fn key_json(token_uri: &str, key_file: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "service_account",
+        "project_id": "acme-prod",
+        "private_key_id": "0123456789abcdef",
+        "private_key": std::fs::read_to_string(data(key_file)).unwrap(),
+        "client_email": EMAIL,
+        "client_id": "1234567890",
+        "token_uri": token_uri,
+    }))
+    .unwrap()
+}
+
+fn http() -> HttpClient {
+    HttpClient::new(Duration::from_secs(5)).unwrap()
+}
+
+fn keys() -> Vec<String> {
+    vec![
+        "asia-northeast1-docker.pkg.dev".to_owned(),
+        "*.pkg.dev".to_owned(),
+    ]
+}
+
+fn auths(config_json: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(config_json).unwrap()["auths"].clone()
+}
+
+#[tokio::test]
+async fn a_service_account_key_mints_an_access_token_the_endpoint_accepts() {
+    let ep = endpoint(3600).await;
+    let before = SystemTime::now();
+    let minted = gcp::mint_from_key(&key_json(&ep.url, "test-key.pem"), &keys(), &http())
+        .await
+        .expect("minted");
+    assert_eq!(ep.issued.load(Ordering::SeqCst), 1);
+    let auths = auths(&minted.docker_config_json());
+    for key in keys() {
+        let entry = &auths[&key];
+        assert_eq!(entry["username"], "oauth2accesstoken");
+        assert_eq!(entry["password"], "ya29.token-1");
+        let basic = base64::engine::general_purpose::STANDARD
+            .decode(entry["auth"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(basic, b"oauth2accesstoken:ya29.token-1");
+    }
+    let lifetime = minted.lifetime(before);
+    assert!(lifetime >= Duration::from_secs(3599) && lifetime <= Duration::from_secs(3601));
+    // The password never shows in a debug print.
+    assert!(!format!("{minted:?}").contains("ya29"));
+}
+
+#[tokio::test]
+async fn a_key_the_endpoint_does_not_trust_or_a_broken_key_is_a_clear_error() {
+    let ep = endpoint(3600).await;
+    let refused = gcp::mint_from_key(&key_json(&ep.url, "other-key.pem"), &keys(), &http())
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(matches!(refused, MintError::Endpoint { .. }), "{text}");
+    assert!(
+        text.contains("400") && text.contains("invalid_grant"),
+        "{text}"
+    );
+    assert_eq!(ep.issued.load(Ordering::SeqCst), 0);
+
+    for (broken, words) in [
+        (b"not json".to_vec(), "not a service-account JSON key"),
+        (
+            serde_json::to_vec(&json!({ "type": "authorized_user", "client_email": "x", "private_key": "y" })).unwrap(),
+            "not service_account",
+        ),
+        (
+            serde_json::to_vec(&json!({ "type": "service_account", "client_email": EMAIL, "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "token_uri": ep.url })).unwrap(),
+            "not an RSA PEM key",
+        ),
+    ] {
+        let error = gcp::mint_from_key(&broken, &keys(), &http()).await.unwrap_err();
+        assert!(matches!(error, MintError::Key(_)), "{error}");
+        assert!(error.to_string().contains(words), "{error}");
+    }
+    // An endpoint that is not there.
+    let error = gcp::mint_from_key(
+        &key_json("http://127.0.0.1:9/token", "test-key.pem"),
+        &keys(),
+        &http(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+}
+
+// ---- credential provider plugins ------------------------------------------------------------
+
+fn provider(name: &str, env: &[(&str, &str)]) -> Plugin {
+    Plugin {
+        command: plugin_path(name),
+        args: vec![],
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_credential_provider_answers_per_registry_with_its_cache_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests");
+    let plugin = provider(
+        "good-provider.sh",
+        &[("CACHE", "1h30m0s"), ("LOG", log.to_str().unwrap())],
+    );
+    let keys = vec![
+        "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com".to_owned(),
+        "ghcr.io/acme".to_owned(),
+    ];
+    let before = SystemTime::now();
+    let minted = plugin::mint(&plugin, &keys, Duration::from_secs(10))
+        .await
+        .expect("minted");
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        requests.lines().collect::<Vec<_>>(),
+        [
+            "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/image",
+            "ghcr.io/acme/image"
+        ]
+    );
+    // The response's auth map keys the credentials.
+    let registries: Vec<&String> = minted.auths.keys().collect();
+    assert_eq!(
+        registries,
+        [
+            "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com",
+            "ghcr.io"
+        ]
+    );
+    assert_eq!(minted.auths["ghcr.io"].0, "plugin-user");
+    let lifetime = minted.lifetime(before);
+    assert!(
+        lifetime > Duration::from_secs(5390) && lifetime <= Duration::from_secs(5401),
+        "{lifetime:?}"
+    );
+}
+
+#[tokio::test]
+async fn failing_and_hanging_providers_are_bounded_errors() {
+    let keys = vec!["ghcr.io".to_owned()];
+    let error = plugin::mint(
+        &provider("failing-provider.sh", &[]),
+        &keys,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("exited with"), "{error}");
+
+    let started = std::time::Instant::now();
+    let error = plugin::mint(
+        &provider("hanging-provider.sh", &[]),
+        &keys,
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the timeout"
+    );
+
+    let error = plugin::mint(
+        &provider("missing-provider.sh", &[]),
+        &keys,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("cannot start"), "{error}");
+
+    // A glob rule cannot be turned into an image to ask about.
+    let error = plugin::mint(
+        &provider("good-provider.sh", &[]),
+        &["*.pkg.dev".to_owned()],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("glob"), "{error}");
+}
+
+#[test]
+fn go_durations_as_the_kubelet_prints_them() {
+    for (text, secs) in [
+        ("6h0m0s", 21600.0),
+        ("90s", 90.0),
+        ("1.5h", 5400.0),
+        ("1m30s", 90.0),
+        ("0", 0.0),
+        ("500ms", 0.5),
+    ] {
+        assert_eq!(
+            plugin::parse_go_duration(text),
+            Ok(Duration::from_secs_f64(secs)),
+            "{text}"
+        );
+    }
+    for bad in ["", "6", "6d", "h"] {
+        assert!(plugin::parse_go_duration(bad).is_err(), "{bad:?}");
+    }
+}
+
+// ---- config ---------------------------------------------------------------------------------
+
+#[test]
+fn the_config_names_each_secrets_source() {
+    let text = format!(
+        "registries:\n  - match: asia-northeast1-docker.pkg.dev\n    secret: gar-pull\n  - match: ghcr.io/acme\n    secret: ghcr-acme\n  - match: \"*.pkg.dev\"\n    secret: gar-pull\nsecrets:\n  gar-pull:\n    gcpServiceAccountKey: {{secret: gar-key, key: key.json}}\n  ghcr-acme:\n    credentialProvider: {{command: {}, args: [--x]}}\n",
+        plugin_path("good-provider.sh")
+    );
+    let (config, warnings) = Config::from_yaml(&text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        config.source("gar-pull"),
+        Some(&Source::GcpServiceAccountKey(KeyRef {
+            secret: "gar-key".into(),
+            key: "key.json".into()
+        }))
+    );
+    assert_eq!(
+        config.minted().map(|(n, _)| n).collect::<Vec<_>>(),
+        ["gar-pull", "ghcr-acme"]
+    );
+    assert_eq!(
+        credentials::registry_keys(&config, "gar-pull"),
+        ["asia-northeast1-docker.pkg.dev", "*.pkg.dev"]
+    );
+
+    for (secrets, words) in [
+        (
+            "  gar-pull:\n    gcpServiceAccountKey: {secret: gar-key}\n",
+            "missing field `key`",
+        ),
+        (
+            "  gar-pull:\n    gcpServiceAccountKey: {secret: Bad_Name, key: k}\n",
+            "secrets.gar-pull: secret",
+        ),
+        (
+            "  gar-pull:\n    credentialProvider: {command: relative/path}\n",
+            "absolute path",
+        ),
+        ("  gar-pull:\n    vault: {}\n", "unknown field `vault`"),
+        (
+            "  gar-pull:\n    gcpWorkloadIdentity: {}\n    credentialProvider: {command: /x}\n",
+            "exactly one of",
+        ),
+        ("  gar-pull: {}\n", "exactly one of"),
+    ] {
+        let text =
+            format!("registries:\n  - match: ghcr.io\n    secret: gar-pull\nsecrets:\n{secrets}");
+        let error = Config::from_yaml(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {secrets}"));
+        assert!(error.to_string().contains(words), "{error}");
+    }
+    // A source no rule uses is a warning, not an error.
+    let text = "registries:\n  - match: ghcr.io\n    secret: a\nsecrets:\n  b:\n    gcpWorkloadIdentity: {}\n";
+    let (_, warnings) = Config::from_yaml(text).unwrap();
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("no rule names this secret")
+    );
+}
+
+// ---- the refresher against the fake API server ----------------------------------------------
+
+fn gcp_config() -> Config {
+    Config::from_yaml(
+        "registries:\n  - match: asia-northeast1-docker.pkg.dev\n    secret: gar-pull\nsecrets:\n  gar-pull:\n    gcpServiceAccountKey: {secret: gar-key, key: key.json}\n",
+    )
+    .unwrap()
+    .0
+}
+
+fn put_key(api: &FakeApi, token_uri: &str) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    api.put_secret(
+        OWN_NS,
+        "gar-key",
+        json!({ "type": "Opaque", "data": { "key.json": b64.encode(key_json(token_uri, "test-key.pem")) } }),
+    );
+}
+
+fn refresher(api: &FakeApi, config: Config, metrics: &Arc<Metrics>) -> Refresher {
+    Refresher::new(
+        api.client(),
+        OWN_NS.to_owned(),
+        Arc::new(ConfigStore::new(config)),
+        metrics.clone(),
+        http(),
+        CredentialArgs::default(),
+    )
+}
+
+fn source_password(api: &FakeApi) -> String {
+    let secret = api.secret(OWN_NS, "gar-pull").expect("the minted source");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes = b64
+        .decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+        .unwrap();
+    auths(&bytes)["asia-northeast1-docker.pkg.dev"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn minted_once_then_fresh_for_another_replica_then_renewed_in_place() {
+    let ep = endpoint(4).await;
+    let api = FakeApi::default();
+    put_key(&api, &ep.url);
+    let metrics = Arc::new(Metrics::new());
+    let source = gcp_config().source("gar-pull").unwrap().clone();
+    let keys = vec!["asia-northeast1-docker.pkg.dev".to_owned()];
+
+    let one = refresher(&api, gcp_config(), &metrics);
+    let outcome = one.refresh("gar-pull", &source, &keys).await.unwrap();
+    assert!(matches!(outcome, Outcome::Minted { .. }), "{outcome:?}");
+    let written = api.secret(OWN_NS, "gar-pull").unwrap();
+    assert_eq!(written["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(
+        written["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "pullsecret-injector"
+    );
+    let annotations = &written["metadata"]["annotations"];
+    assert_eq!(
+        annotations["pullsecret-injector.io/credential-source"],
+        "gcpServiceAccountKey"
+    );
+    assert!(annotations["pullsecret-injector.io/expires-at"].is_string());
+    assert_eq!(source_password(&api), "ya29.token-1");
+    assert!(
+        !written.to_string().contains("PRIVATE KEY"),
+        "the key is never copied"
+    );
+    let uid = written["metadata"]["uid"].clone();
+
+    // A second replica finds it fresh and does not ask the endpoint again.
+    let two = refresher(&api, gcp_config(), &metrics);
+    let outcome = two.refresh("gar-pull", &source, &keys).await.unwrap();
+    assert!(matches!(outcome, Outcome::Fresh { .. }), "{outcome:?}");
+    assert_eq!(
+        ep.issued.load(Ordering::SeqCst),
+        1,
+        "one token per renewal period"
+    );
+
+    // Past half its lifetime it is renewed, in place.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let outcome = two.refresh("gar-pull", &source, &keys).await.unwrap();
+    assert!(matches!(outcome, Outcome::Minted { .. }), "{outcome:?}");
+    assert_eq!(source_password(&api), "ya29.token-2");
+    assert_eq!(
+        api.secret(OWN_NS, "gar-pull").unwrap()["metadata"]["uid"],
+        uid,
+        "updated, not recreated"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .all(|r| r.method != http::Method::DELETE)
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_secret_of_the_name_is_never_overwritten() {
+    let ep = endpoint(3600).await;
+    let api = FakeApi::default();
+    put_key(&api, &ep.url);
+    api.put_secret(OWN_NS, "gar-pull", json!({ "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": "e30=" } }));
+    let metrics = Arc::new(Metrics::new());
+    let config = gcp_config();
+    let source = config.source("gar-pull").unwrap().clone();
+    let error = refresher(&api, gcp_config(), &metrics)
+        .refresh("gar-pull", &source, &["x".to_owned()])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RefreshError::Foreign { .. }), "{error}");
+    assert_eq!(
+        api.secret(OWN_NS, "gar-pull").unwrap()["data"][".dockerconfigjson"],
+        "e30="
+    );
+    assert_eq!(ep.issued.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_bytes() {
+    let ep = endpoint(3).await;
+    let api = FakeApi::default();
+    api.add_namespace(OWN_NS, false);
+    api.add_namespace("team-a", true);
+    api.add_namespace("team-b", true);
+    put_key(&api, &ep.url);
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(ConfigStore::new(gcp_config()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let refresher = Refresher::new(
+        api.client(),
+        OWN_NS.to_owned(),
+        store.clone(),
+        metrics.clone(),
+        http(),
+        CredentialArgs::default(),
+    );
+    let refresh_task = tokio::spawn(refresher.run(stopped(stop_rx.clone())));
+    let (_verifier, requests) = pullsecret_injector::sync::Verifier::new(Duration::ZERO);
+    let sync_task = tokio::spawn(pullsecret_injector::sync::run(
+        api.client(),
+        OWN_NS.to_owned(),
+        store,
+        metrics.clone(),
+        pullsecret_injector::sync::SyncArgs::default(),
+        requests,
+        stopped(stop_rx),
+    ));
+
+    let copies = |api: &FakeApi| -> Option<Vec<Value>> {
+        ["team-a", "team-b"]
+            .iter()
+            .map(|ns| api.secret(ns, "gar-pull").map(|s| s["data"].clone()))
+            .collect()
+    };
+    let wait = |want: &'static str| {
+        let api = api.clone();
+        async move {
+            for _ in 0..400 {
+                if let Some(data) = copies(&api)
+                    && data.iter().all(|d| *d == data[0])
+                    && source_password(&api) == want
+                    && api.secret(OWN_NS, "gar-pull").map(|s| s["data"].clone())
+                        == Some(data[0].clone())
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("copies never carried {want}");
+        }
+    };
+    wait("ya29.token-1").await;
+    let copy = api.secret("team-a", "gar-pull").unwrap();
+    assert_eq!(
+        copy["metadata"]["annotations"]["pullsecret-injector.io/credential-source"],
+        "gcpServiceAccountKey"
+    );
+    let uid = copy["metadata"]["uid"].clone();
+    // Renewed at half of three seconds (plus jitter): the copies follow, in place.
+    wait("ya29.token-2").await;
+    assert_eq!(
+        api.secret("team-a", "gar-pull").unwrap()["metadata"]["uid"],
+        uid
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "pullsecret_injector_credential_refresh_total{secret=\"gar-pull\",result=\"success\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "pullsecret_injector_credential_expiry_timestamp_seconds{secret=\"gar-pull\"}"
+        ),
+        "{text}"
+    );
+
+    // The endpoint starts refusing: the last good token stays in force and the failure counts.
+    *ep.refuse.lock().unwrap() = true;
+    ep.expires_in.store(3600, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        source_password(&api).starts_with("ya29.token-"),
+        "the last good token stays"
+    );
+    let text = metrics.encode();
+    assert!(text.contains("result=\"endpoint_error\""), "{text}");
+
+    stop_tx.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), refresh_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), sync_task).await;
+}
+
+#[tokio::test]
+async fn mint_env_reads_a_key_through_its_reader() {
+    let ep = endpoint(60).await;
+    let key = key_json(&ep.url, "test-key.pem");
+    let read_key = move |_: &KeyRef| {
+        let key = key.clone();
+        futures::FutureExt::boxed(async move { Ok::<_, MintError>(key) })
+    };
+    let http = http();
+    let env = MintEnv {
+        read_key: &read_key,
+        http: &http,
+        metadata_host: "127.0.0.1:9",
+        plugin_timeout: Duration::from_secs(1),
+    };
+    let minted =
+        pullsecret_injector::credentials::refresh::mint_once(&gcp_config(), "gar-pull", &env)
+            .await
+            .unwrap();
+    assert_eq!(
+        minted.auths["asia-northeast1-docker.pkg.dev"].1,
+        "ya29.token-1"
+    );
+    let error = pullsecret_injector::credentials::refresh::mint_once(&gcp_config(), "other", &env)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("no credential source for \"other\""),
+        "{error}"
+    );
+}

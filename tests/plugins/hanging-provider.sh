@@ -1,0 +1,3 @@
+#!/bin/sh
+# A credential provider that never answers.
+exec sleep 600
