@@ -519,6 +519,83 @@ fn repair_rbac_and_flags_only_when_asked() {
 
 #[test]
 #[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn minted_sources_reach_the_config_and_the_key_stays_home() {
+    use pullsecret_injector::credentials::{KeyRef, Source};
+    let helm = tool("helm");
+    let values = chart_dir().join("ci/minted-values.yaml");
+    let docs = documents(&template(&helm, &["-f", values.to_str().unwrap()]).unwrap());
+    let config_yaml = find(&docs, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (config, warnings) = Config::from_yaml(&config_yaml).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        config.source("gar-pull"),
+        Some(&Source::GcpServiceAccountKey(KeyRef {
+            secret: "gar-pull-key".into(),
+            key: "key.json".into()
+        }))
+    );
+    assert_eq!(
+        config.source("gar-wi").map(Source::kind),
+        Some("gcpWorkloadIdentity")
+    );
+    assert_eq!(
+        config.source("ecr-plugin").map(Source::kind),
+        Some("credentialProvider")
+    );
+
+    let secrets: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Secret").collect();
+    let names: Vec<&str> = secrets
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    // Only the key's own Secret: the minted ones are the injector's to write.
+    assert!(names.contains(&"gar-pull-key"), "{names:?}");
+    for minted in ["gar-pull", "gar-wi", "ecr-plugin"] {
+        assert!(!names.contains(&minted), "{minted} is minted, not rendered");
+    }
+    let key = secrets
+        .iter()
+        .find(|s| s["metadata"]["name"] == "gar-pull-key")
+        .unwrap();
+    assert_eq!(key["type"], "Opaque");
+    // The Role may write the minted names in its own namespace, and nothing more.
+    let role = find(&docs, "Role");
+    let rules = role["rules"].as_array().unwrap();
+    assert!(rules.contains(&serde_json::json!({ "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ecr-plugin", "gar-pull", "gar-wi"], "verbs": ["patch"] })), "{rules:?}");
+    // Without minted sources the Role only reads.
+    let plain = render_default(&helm);
+    let verbs: Vec<Value> = find(&plain, "Role")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verbs"].clone())
+        .collect();
+    assert_eq!(verbs, [serde_json::json!(["get", "list", "watch"])]);
+    // The workload identity annotation reaches the ServiceAccount.
+    assert_eq!(
+        find(&docs, "ServiceAccount")["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
+        "puller@acme-prod.iam.gserviceaccount.com"
+    );
+    // A plugin command must be an absolute path.
+    let bad = template(
+        &helm,
+        &[
+            "--set",
+            "registries[0].match=ghcr.io",
+            "--set",
+            "registries[0].secret=g",
+            "--set",
+            "pullSecrets.g.credentialProvider.command=plugin",
+        ],
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
 fn disruption_budget_only_with_several_replicas() {
     let helm = tool("helm");
     let count = |args: &[&str]| {

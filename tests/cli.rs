@@ -463,3 +463,50 @@ fn render_match_conditions_prints_what_the_library_builds() {
         stderr(&broken)
     );
 }
+
+#[test]
+fn token_mints_once_from_a_credential_provider_and_check_config_names_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let plugin = format!(
+        "{}/tests/plugins/good-provider.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "registries:\n  - match: ghcr.io/acme\n    secret: ghcr-acme\n  - match: quay.io\n    secret: quay\nsecrets:\n  ghcr-acme:\n    credentialProvider: {{command: {plugin}, env: {{CACHE: 2h0m0s}}}}\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out = run(&["token", "--config", config, "ghcr-acme"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let minted: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(minted["auths"]["ghcr.io"]["username"], "plugin-user");
+    assert!(stderr(&out).contains("expires at"), "{}", stderr(&out));
+    // The password goes to stdout only, never stderr.
+    let password = minted["auths"]["ghcr.io"]["password"].as_str().unwrap();
+    assert!(!stderr(&out).contains(password));
+
+    let copied = run(&["token", "--config", config, "quay"], None);
+    assert!(!copied.status.success());
+    assert!(
+        stderr(&copied).contains("no credential source for \"quay\""),
+        "{}",
+        stderr(&copied)
+    );
+
+    let check = run(&["check-config", config], None);
+    let text = stdout(&check);
+    assert!(
+        text.contains(&format!(
+            "secret ghcr-acme: minted from credentialProvider ({plugin})"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("secret quay: copied from the Secret of that name"),
+        "{text}"
+    );
+}

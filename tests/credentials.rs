@@ -675,3 +675,118 @@ async fn mint_env_reads_a_key_through_its_reader() {
         "{error}"
     );
 }
+
+// ---- workload identity: the metadata server, and an external-account file -------------------
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn workload_identity_from_the_metadata_server() {
+    let app = Router::new().route(
+        "/computeMetadata/v1/instance/service-accounts/default/token",
+        axum::routing::get(|headers: http::HeaderMap| async move {
+            if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+                return answer(StatusCode::FORBIDDEN, json!({ "error": "missing Metadata-Flavor" }));
+            }
+            answer(StatusCode::OK, json!({ "access_token": "ya29.metadata", "expires_in": 1799, "token_type": "Bearer" }))
+        }),
+    );
+    let host = serve(app).await;
+    let before = SystemTime::now();
+    let minted = gcp::mint_from_metadata(&host, &keys(), &http())
+        .await
+        .unwrap();
+    assert_eq!(
+        minted.auths["*.pkg.dev"],
+        ("oauth2accesstoken".to_owned(), "ya29.metadata".to_owned())
+    );
+    assert!(minted.lifetime(before) <= Duration::from_secs(1800));
+    // No metadata server: a clear error naming it.
+    let error = gcp::mint_from_metadata("127.0.0.1:9", &keys(), &http())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("127.0.0.1:9/computeMetadata"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn workload_identity_federation_from_an_external_account_file() {
+    let exchanged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = exchanged.clone();
+    let app = Router::new()
+        .route(
+            "/v1/token",
+            post(move |body: String| {
+                let seen = seen.clone();
+                async move {
+                    let form: std::collections::HashMap<String, String> =
+                        form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+                    seen.lock().unwrap().push(form["subject_token"].clone());
+                    if form["grant_type"] != "urn:ietf:params:oauth:grant-type:token-exchange"
+                        || form["audience"] != "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s"
+                        || form["subject_token_type"] != "urn:ietf:params:oauth:token-type:jwt"
+                    {
+                        return answer(StatusCode::BAD_REQUEST, json!({ "error": "invalid_request" }));
+                    }
+                    answer(StatusCode::OK, json!({ "access_token": "federated", "expires_in": 3600, "token_type": "Bearer" }))
+                }
+            }),
+        )
+        .route(
+            "/v1/projects/-/serviceAccounts/puller:generateAccessToken",
+            post(|headers: http::HeaderMap| async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer federated") {
+                    return answer(StatusCode::UNAUTHORIZED, json!({ "error": "unauthenticated" }));
+                }
+                answer(StatusCode::OK, json!({ "accessToken": "ya29.impersonated", "expireTime": "2099-01-01T00:00:00Z" }))
+            }),
+        );
+    let host = serve(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let subject = dir.path().join("token");
+    std::fs::write(&subject, "eyJ.projected.sa-token\n").unwrap();
+    let file = dir.path().join("external-account.json");
+    let mut account = json!({
+        "type": "external_account",
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": format!("http://{host}/v1/token"),
+        "credential_source": { "file": subject },
+        "service_account_impersonation_url": format!("http://{host}/v1/projects/-/serviceAccounts/puller:generateAccessToken"),
+    });
+    std::fs::write(&file, account.to_string()).unwrap();
+    let minted = gcp::mint_external_account(file.to_str().unwrap(), &keys(), &http())
+        .await
+        .unwrap();
+    assert_eq!(minted.auths["*.pkg.dev"].1, "ya29.impersonated");
+    assert_eq!(
+        humantime::format_rfc3339_seconds(minted.expires_at).to_string(),
+        "2099-01-01T00:00:00Z"
+    );
+    assert_eq!(*exchanged.lock().unwrap(), ["eyJ.projected.sa-token"]);
+
+    // Without impersonation the federated token is used as it is.
+    account
+        .as_object_mut()
+        .unwrap()
+        .remove("service_account_impersonation_url");
+    std::fs::write(&file, account.to_string()).unwrap();
+    let minted = gcp::mint_external_account(file.to_str().unwrap(), &keys(), &http())
+        .await
+        .unwrap();
+    assert_eq!(minted.auths["*.pkg.dev"].1, "federated");
+
+    // A file that is not an external account.
+    std::fs::write(&file, key_json("http://x", "test-key.pem")).unwrap();
+    let error = gcp::mint_external_account(file.to_str().unwrap(), &keys(), &http())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("external"), "{error}");
+}

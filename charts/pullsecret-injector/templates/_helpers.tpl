@@ -119,6 +119,35 @@ every rule that names it.
 {{- $servers | uniq | toJson }}
 {{- end }}
 
+{{/* "true" when a pullSecrets entry is minted by the injector rather than copied. */}}
+{{- define "pullsecret-injector.minted" -}}
+{{- if or .gcpServiceAccountKey .gcpServiceAccountKeySecret (hasKey . "gcpWorkloadIdentity") .credentialProvider -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* The Secret that holds a pullSecrets entry's service-account key, made by the chart. */}}
+{{- define "pullsecret-injector.keySecretName" -}}
+{{- printf "%s-key" . -}}
+{{- end }}
+
+{{/* The config's `secrets:` map: the credential source of every minted pullSecrets entry. */}}
+{{- define "pullsecret-injector.credentialSources" -}}
+{{- $sources := dict }}
+{{- range $name, $spec := .Values.pullSecrets }}
+{{- if $spec.gcpServiceAccountKey }}
+{{- $_ := set $sources $name (dict "gcpServiceAccountKey" (dict "secret" (include "pullsecret-injector.keySecretName" $name) "key" "key.json")) }}
+{{- else if $spec.gcpServiceAccountKeySecret }}
+{{- $_ := set $sources $name (dict "gcpServiceAccountKey" (dict "secret" $spec.gcpServiceAccountKeySecret.name "key" ($spec.gcpServiceAccountKeySecret.key | default "key.json"))) }}
+{{- else if hasKey $spec "gcpWorkloadIdentity" }}
+{{- $_ := set $sources $name (dict "gcpWorkloadIdentity" ($spec.gcpWorkloadIdentity | default dict)) }}
+{{- else if $spec.credentialProvider }}
+{{- $_ := set $sources $name (dict "credentialProvider" $spec.credentialProvider) }}
+{{- end }}
+{{- end }}
+{{- $sources | toJson }}
+{{- end }}
+
 {{/* Every secret name the rules use, once, in order. */}}
 {{- define "pullsecret-injector.secretNames" -}}
 {{- $names := list }}
