@@ -343,7 +343,17 @@ async fn setup() -> Run {
         .iter()
         .map(|(m, secret)| format!("  - match: {m}\n    secret: {secret}\n"))
         .collect();
-    std::fs::write(run.config_path(), format!("registries:\n{rules}")).unwrap();
+    // ghcr-acme is minted by a credential provider plugin: the one source kind that runs
+    // anywhere.
+    let plugin = manifest_dir().join("tests/plugins/good-provider.sh");
+    std::fs::write(
+        run.config_path(),
+        format!(
+            "registries:\n{rules}secrets:\n  ghcr-acme:\n    credentialProvider: {{command: {}}}\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
     run
 }
 
@@ -623,6 +633,7 @@ async fn cases(run: &mut Run) {
     assert_eq!(pull_secrets(&stored), ["gar-pull"], "case 8");
 
     match_condition_case(run).await;
+    minted_case(run).await;
     sync_cases(run).await;
     webhook_down_case(run).await;
     repair_case(run).await;
@@ -1055,5 +1066,50 @@ async fn match_condition_case(run: &Run) {
     assert!(
         !reviewed("unmatched"),
         "case 11: the API server sent a Pod no rule can match"
+    );
+}
+
+/// Case 12: a secret minted by a credential provider plugin: its source is written in the
+/// injector's namespace and copied, the same bytes, into the opted-in namespace.
+async fn minted_case(run: &Run) {
+    let source = eventually("the minted source", || async {
+        run.secrets(&run.source_ns)
+            .get_opt("ghcr-acme")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(
+        source
+            .annotations()
+            .get("pullsecret-injector.io/credential-source")
+            .map(String::as_str),
+        Some("credentialProvider")
+    );
+    let config = source
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default();
+    assert!(
+        config.contains("plugin-user"),
+        "case 12: the plugin's credentials"
+    );
+    let copy = eventually("the minted copy in the opted-in namespace", || async {
+        run.secrets(&run.ns_a)
+            .get_opt("ghcr-acme")
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| c.data == source.data)
+    })
+    .await;
+    assert_eq!(
+        copy.annotations()
+            .get("pullsecret-injector.io/credential-source")
+            .map(String::as_str),
+        Some("credentialProvider")
     );
 }
