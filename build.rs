@@ -23,6 +23,7 @@ fn main() {
     for (tool, cfg) in [
         ("helm", "has_helm"),
         ("kubernetes-validate", "has_kubernetes_validate"),
+        ("moto_server", "has_moto"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if ci || on_path(tool) {

@@ -553,7 +553,7 @@ fn minted_sources_reach_the_config_and_the_key_stays_home() {
         .collect();
     // Only the key's own Secret: the minted ones are the injector's to write.
     assert!(names.contains(&"gar-pull-key"), "{names:?}");
-    for minted in ["gar-pull", "gar-wi", "ecr-plugin"] {
+    for minted in ["gar-pull", "gar-wi", "ecr-plugin", "ecr-pull"] {
         assert!(!names.contains(&minted), "{minted} is minted, not rendered");
     }
     let key = secrets
@@ -564,7 +564,7 @@ fn minted_sources_reach_the_config_and_the_key_stays_home() {
     // The Role may write the minted names in its own namespace, and nothing more.
     let role = find(&docs, "Role");
     let rules = role["rules"].as_array().unwrap();
-    assert!(rules.contains(&serde_json::json!({ "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ecr-plugin", "gar-pull", "gar-wi"], "verbs": ["patch"] })), "{rules:?}");
+    assert!(rules.contains(&serde_json::json!({ "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ecr-plugin", "ecr-pull", "gar-pull", "gar-wi"], "verbs": ["patch"] })), "{rules:?}");
     // Without minted sources the Role only reads.
     let plain = render_default(&helm);
     let verbs: Vec<Value> = find(&plain, "Role")["rules"]

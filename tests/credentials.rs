@@ -790,3 +790,128 @@ async fn workload_identity_federation_from_an_external_account_file() {
         .unwrap_err();
     assert!(error.to_string().contains("external"), "{error}");
 }
+
+// ---- ECR, against moto's emulation of the ECR API --------------------------------------------
+
+/// moto's server on a free loopback port, stopped when dropped.
+struct Moto(std::process::Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server runs (bash .ci/run installs moto[server])");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto(child, port)
+}
+
+/// `pullsecret-injector token` with static AWS credentials in its environment (the first link
+/// of the default chain), and the instance metadata service off.
+fn token_cli(config: &str, secret: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args(["token", "--config"])
+        .arg(&path)
+        .arg(secret)
+        .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "not-a-real-secret-key")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    not(has_moto),
+    ignore = "needs moto_server on PATH (pip install 'moto[server]')"
+)]
+fn ecr_tokens_from_get_authorization_token() {
+    let moto = moto();
+    let config = format!(
+        "registries:\n  - match: 123456789012.dkr.ecr.ap-northeast-1.amazonaws.com\n    secret: ecr-pull\n  - match: 123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/team\n    secret: ecr-pull\nsecrets:\n  ecr-pull:\n    ecr: {{region: ap-northeast-1, registryIds: [\"123456789012\"], endpoint: \"http://127.0.0.1:{}\"}}\n",
+        moto.1
+    );
+    let out = token_cli(&config, "ecr-pull");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com",
+        "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/team",
+    ] {
+        let entry = &minted["auths"][key];
+        assert_eq!(entry["username"], "AWS", "{minted}");
+        // moto's token for the registry, decoded from GetAuthorizationToken's user:password.
+        assert!(
+            entry["password"]
+                .as_str()
+                .unwrap()
+                .starts_with("123456789012"),
+            "{minted}"
+        );
+    }
+
+    // An endpoint that does not answer: a clear error naming it, and no panic.
+    let down = config.replace(&format!("127.0.0.1:{}", moto.1), "127.0.0.1:9");
+    let out = token_cli(&down, "ecr-pull");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("127.0.0.1:9") && text.contains("GetAuthorizationToken"),
+        "{text}"
+    );
+    assert!(!text.contains("not-a-real-secret-key"));
+}
+
+#[test]
+fn ecr_sources_are_validated() {
+    for (source, words) in [
+        ("ecr: {region: \"\"}", "region is empty"),
+        (
+            "ecr: {region: us-east-1, registryIds: [\"12345\"]}",
+            "12-digit",
+        ),
+        (
+            "ecr: {region: us-east-1, registry: x}",
+            "unknown field `registry`",
+        ),
+    ] {
+        let text = format!(
+            "registries:\n  - match: x.example.com\n    secret: e\nsecrets:\n  e:\n    {source}\n"
+        );
+        let error = Config::from_yaml(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted {source}"));
+        assert!(error.to_string().contains(words), "{error}");
+    }
+    let text = "registries:\n  - match: x.example.com\n    secret: e\nsecrets:\n  e:\n    ecr: {region: us-east-1}\n";
+    let config = Config::from_yaml(text).unwrap().0;
+    assert_eq!(config.source("e").unwrap().to_string(), "ecr (us-east-1)");
+}

@@ -8,6 +8,7 @@
 //! namespace, the source the sync then copies like any other. Its annotations say when it was
 //! minted and when it expires, so a replica that finds a fresh one does not mint again.
 
+pub mod ecr;
 pub mod gcp;
 pub mod http;
 pub mod plugin;
@@ -33,6 +34,8 @@ pub enum Source {
     GcpServiceAccountKey(KeyRef),
     /// The GKE metadata server, or an external-account credential file.
     GcpWorkloadIdentity(WorkloadIdentity),
+    /// Amazon ECR's `GetAuthorizationToken`, with the AWS default credential chain.
+    Ecr(ecr::Ecr),
     /// A kubelet image credential provider plugin (`credentialprovider.kubelet.k8s.io/v1`).
     CredentialProvider(Plugin),
 }
@@ -43,6 +46,7 @@ pub enum Source {
 struct SourceSpec {
     gcp_service_account_key: Option<KeyRef>,
     gcp_workload_identity: Option<WorkloadIdentity>,
+    ecr: Option<ecr::Ecr>,
     credential_provider: Option<Plugin>,
 }
 
@@ -53,6 +57,7 @@ impl TryFrom<SourceSpec> for Source {
         let given: Vec<Self> = [
             spec.gcp_service_account_key.map(Self::GcpServiceAccountKey),
             spec.gcp_workload_identity.map(Self::GcpWorkloadIdentity),
+            spec.ecr.map(Self::Ecr),
             spec.credential_provider.map(Self::CredentialProvider),
         ]
         .into_iter()
@@ -61,7 +66,7 @@ impl TryFrom<SourceSpec> for Source {
         match <[Self; 1]>::try_from(given) {
             Ok([source]) => Ok(source),
             Err(given) => Err(format!(
-                "give exactly one of gcpServiceAccountKey, gcpWorkloadIdentity, credentialProvider (got {})",
+                "give exactly one of gcpServiceAccountKey, gcpWorkloadIdentity, ecr, credentialProvider (got {})",
                 given.len()
             )),
         }
@@ -103,6 +108,7 @@ impl Source {
         match self {
             Self::GcpServiceAccountKey(_) => "gcpServiceAccountKey",
             Self::GcpWorkloadIdentity(_) => "gcpWorkloadIdentity",
+            Self::Ecr(_) => "ecr",
             Self::CredentialProvider(_) => "credentialProvider",
         }
     }
@@ -121,6 +127,7 @@ impl Source {
                     return Err("credentialsFile is empty".to_owned());
                 }
             }
+            Self::Ecr(ecr) => ecr.validate()?,
             Self::CredentialProvider(plugin) => {
                 if !plugin.command.starts_with('/') {
                     return Err(format!(
@@ -147,6 +154,13 @@ impl fmt::Display for Source {
                 credentials_file: Some(file),
             }) => write!(f, "gcpWorkloadIdentity (external account {file})"),
             Self::GcpWorkloadIdentity(_) => write!(f, "gcpWorkloadIdentity (metadata server)"),
+            Self::Ecr(e) if e.registry_ids.is_empty() => write!(f, "ecr ({})", e.region),
+            Self::Ecr(e) => write!(
+                f,
+                "ecr ({}, registries {})",
+                e.region,
+                e.registry_ids.join(", ")
+            ),
             Self::CredentialProvider(p) => write!(f, "credentialProvider ({})", p.command),
         }
     }
@@ -284,6 +298,7 @@ pub async fn mint(
             Some(file) => gcp::mint_external_account(file, keys, env.http).await,
             None => gcp::mint_from_metadata(env.metadata_host, keys, env.http).await,
         },
+        Source::Ecr(e) => ecr::mint(e, keys).await,
         Source::CredentialProvider(plugin) => plugin::mint(plugin, keys, env.plugin_timeout).await,
     }
 }

@@ -231,7 +231,11 @@ impl Refresher {
     /// When to look again after a success: at the renewal point of what is in force, jittered
     /// by up to a tenth of the lifetime so replicas rarely renew at once.
     fn renew_after(&self, (minted_at, expires_at): (SystemTime, SystemTime)) -> Duration {
-        let lifetime = expires_at.duration_since(minted_at).unwrap_or_default();
+        let Ok(lifetime) = expires_at.duration_since(minted_at) else {
+            // Expired when minted (a provider's clock, an emulator): do not hammer it.
+            tracing::warn!(expires_at = %humantime::format_rfc3339_seconds(expires_at), "minted credentials were already expired; trying again in five minutes");
+            return MAX_BACKOFF;
+        };
         let point = minted_at
             + lifetime.mul_f64(self.args.credential_renew_at)
             + lifetime.mul_f64(0.1 * jitter_fraction());

@@ -121,7 +121,7 @@ every rule that names it.
 
 {{/* "true" when a pullSecrets entry is minted by the injector rather than copied. */}}
 {{- define "pullsecret-injector.minted" -}}
-{{- if or .gcpServiceAccountKey .gcpServiceAccountKeySecret (hasKey . "gcpWorkloadIdentity") .credentialProvider -}}
+{{- if or .gcpServiceAccountKey .gcpServiceAccountKeySecret (hasKey . "gcpWorkloadIdentity") .ecr .credentialProvider -}}
 true
 {{- end -}}
 {{- end }}
@@ -141,6 +141,8 @@ true
 {{- $_ := set $sources $name (dict "gcpServiceAccountKey" (dict "secret" $spec.gcpServiceAccountKeySecret.name "key" ($spec.gcpServiceAccountKeySecret.key | default "key.json"))) }}
 {{- else if hasKey $spec "gcpWorkloadIdentity" }}
 {{- $_ := set $sources $name (dict "gcpWorkloadIdentity" ($spec.gcpWorkloadIdentity | default dict)) }}
+{{- else if $spec.ecr }}
+{{- $_ := set $sources $name (dict "ecr" $spec.ecr) }}
 {{- else if $spec.credentialProvider }}
 {{- $_ := set $sources $name (dict "credentialProvider" $spec.credentialProvider) }}
 {{- end }}
