@@ -637,6 +637,18 @@ async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_by
     );
     let text = metrics.encode();
     assert!(text.contains("result=\"endpoint_error\""), "{text}");
+    // With seconds left, the failure is reported on the source Secret, without the token.
+    let events = api.state().events.clone();
+    let event = events
+        .iter()
+        .find(|e| e["reason"] == "PullCredentialRefreshFailed")
+        .unwrap_or_else(|| panic!("no refresh Event: {events:?}"));
+    assert_eq!(event["regarding"]["name"], "gar-pull");
+    assert_eq!(event["regarding"]["namespace"], OWN_NS);
+    assert_eq!(event["type"], "Warning");
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("expire at") && note.contains("invalid_grant"), "{note}");
+    assert!(!note.contains("ya29"), "{note}");
 
     stop_tx.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), refresh_task).await;
