@@ -62,6 +62,16 @@ pub async fn connect(args: &KubeArgs, metrics: Arc<Metrics>) -> anyhow::Result<C
     Ok(client)
 }
 
+/// The Event recorder every part uses: reported as `pullsecret-injector`, with the pod's name
+/// as the instance.
+pub fn recorder(client: &Client) -> kube::runtime::events::Recorder {
+    let reporter = kube::runtime::events::Reporter {
+        controller: crate::names::APP_NAME.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    kube::runtime::events::Recorder::new(client.clone(), reporter)
+}
+
 /// kube-rs' retries (429, 503, 504, honouring `Retry-After`) around the budget around the
 /// service, so every attempt waits its turn. The buffer makes kube-rs' boxed stack cloneable,
 /// as retries need.

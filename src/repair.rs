@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use kube::api::{Api, PartialObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -43,9 +43,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::image::ImageRef;
 use crate::metrics::Metrics;
-use crate::names::{
-    APP_NAME, INJECT_LABEL, INJECT_LABEL_VALUE, MIRROR_ANNOTATION, SKIP_ANNOTATION,
-};
+use crate::names::{INJECT_LABEL, INJECT_LABEL_VALUE, MIRROR_ANNOTATION, SKIP_ANNOTATION};
 use crate::watch::ConfigStore;
 
 /// The Event reason on a Pod the repairer evicted or left alone, and on its owner.
@@ -289,12 +287,8 @@ impl Repairer {
         pods: Store<Pod>,
         args: RepairArgs,
     ) -> Self {
-        let reporter = Reporter {
-            controller: APP_NAME.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::kube_client::recorder(&client),
             client,
             config,
             metrics,

@@ -123,7 +123,7 @@ async fn token(State(st): State<EndpointState>, body: String) -> Answer {
 }
 
 async fn endpoint(expires_in: u64) -> Endpoint {
-    captured_logs();
+    common::captured_logs();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/token", listener.local_addr().unwrap());
     let state = EndpointState {
@@ -647,7 +647,10 @@ async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_by
     assert_eq!(event["regarding"]["namespace"], OWN_NS);
     assert_eq!(event["type"], "Warning");
     let note = event["note"].as_str().unwrap();
-    assert!(note.contains("expire at") && note.contains("invalid_grant"), "{note}");
+    assert!(
+        note.contains("expire at") && note.contains("invalid_grant"),
+        "{note}"
+    );
     assert!(!note.contains("ya29"), "{note}");
 
     stop_tx.send(true).unwrap();
@@ -656,43 +659,13 @@ async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_by
 
     // Everything this file logged, at TRACE: the refresher, the sync, kube's client. No token
     // and no key, ever.
-    let logs = String::from_utf8_lossy(&captured_logs().0.lock().unwrap()).into_owned();
+    let logs = common::captured_logs().text();
     assert!(logs.contains("credentials minted"), "the refresher logged");
     for secret in ["ya29.token-", "PRIVATE KEY", "plugin-token-"] {
         assert!(!logs.contains(secret), "{secret} reached the logs");
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     assert!(!logs.contains(&b64.encode("oauth2accesstoken:ya29.token-1")));
-}
-
-/// A writer the log subscriber fills, to read back what was logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every test of this file logs at TRACE into one buffer.
-fn captured_logs() -> &'static Captured {
-    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-        captured
-    })
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Matching rules against images, as the kubelet's keyring matches docker config keys
 //! (cases from `pkg/credentialprovider/keyring_test.go` first), and config validation.
 
+mod common;
+
 use pullsecret_injector::config::{Config, ConfigError};
 use pullsecret_injector::image::ImageRef;
 use pullsecret_injector::rules::{Rule, RuleError};
@@ -16,52 +18,8 @@ fn matches(m: &str, image: &str) -> bool {
 
 #[test]
 fn kubelet_keyring_examples() {
-    let cases = [
-        // Wildcards, one label each.
-        ("*.kubernetes.io", "prefix.kubernetes.io/foo", true),
-        ("prefix.*.io", "prefix.kubernetes.io/foo", true),
-        ("prefix.kubernetes.*", "prefix.kubernetes.io/foo", true),
-        (
-            "*-good.kubernetes.io",
-            "prefix-good.kubernetes.io/foo",
-            true,
-        ),
-        // Paths.
-        ("kubernetes.io/foo", "kubernetes.io/foo/bar", true),
-        ("kubernetes.io/foo/bar", "kubernetes.io/foo/bar", true),
-        ("*.kubernetes.io/foo", "prefix.kubernetes.io/foo/bar", true),
-        // Ports.
-        ("kubernetes.io:8080", "kubernetes.io:8080/foo", true),
-        (
-            "*.kubernetes.io:1111/foo",
-            "prefix.kubernetes.io:1111/foo/bar",
-            true,
-        ),
-        (
-            "prefix.*.io:1111/foo",
-            "prefix.kubernetes.io:1111/foo/bar",
-            true,
-        ),
-        // The label count must be equal.
-        ("*.kubernetes.io", "kubernetes.io/foo", false),
-        ("*.kubernetes.io", "sub.prefix.kubernetes.io/foo", false),
-        ("prefix.kubernetes.io", "kubernetes.io/foo", false),
-        // Ports must be equal, and a rule without one does not match an image with one.
-        (
-            "*.kubernetes.io:1111",
-            "prefix.kubernetes.io:2222/foo",
-            false,
-        ),
-        ("kubernetes.io", "kubernetes.io:1111/foo", false),
-        ("kubernetes.io:1111", "kubernetes.io/foo", false),
-        // The image path must start with the rule path.
-        ("kubernetes.io/foo/bar", "kubernetes.io/foo", false),
-        ("kubernetes.io/foo", "kubernetes.io/other/foo", false),
-        // Hosts compare case-sensitively, as Go's filepath.Match does.
-        ("example.com", "Example.COM/x/y", false),
-        ("Example.COM", "Example.COM/x/y", true),
-    ];
-    for (rule, image, expected) in cases {
+    let cases = common::KEYRING_CASES;
+    for &(rule, image, expected) in cases {
         assert_eq!(
             matches(rule, image),
             expected,

@@ -3,10 +3,11 @@
 //! preconditions, immutable type, injected faults). Each test calls reconcile the way the
 //! controller does and asserts on the state the fake ends in and on the requests it got.
 
+mod common;
 mod fake_api;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fake_api::FakeApi;
@@ -92,7 +93,7 @@ impl Harness {
     }
 
     fn with_api(api: FakeApi, secrets: &[&str], sources: Vec<Secret>) -> Self {
-        captured_logs();
+        common::captured_logs();
         let (reader, mut writer): (Store<Secret>, Writer<Secret>) = reflector::store();
         // What the reflector sees from the initial list.
         writer.apply_watcher_event(&watcher::Event::Init);
@@ -594,40 +595,9 @@ async fn a_terminating_namespace_is_not_written_to() {
     assert_eq!(h.writes(), 0);
 }
 
-/// A writer the log subscriber fills, to read back what was logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every test of this file logs at TRACE into one buffer (a process-wide subscriber: a
-/// thread-local one misses events when tests run in parallel).
-fn captured_logs() -> &'static Captured {
-    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-        captured
-    })
-}
-
 #[tokio::test]
 async fn no_secret_data_reaches_the_logs_at_any_level() {
-    let captured = captured_logs();
+    let captured = common::captured_logs();
 
     let marker = "hunter2-PASSWORD-MARKER";
     let mut h = Harness::new(

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use tokio::time::Instant;
 
@@ -139,12 +139,8 @@ impl Refresher {
         http: HttpClient,
         args: CredentialArgs,
     ) -> Self {
-        let reporter = Reporter {
-            controller: APP_NAME.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::kube_client::recorder(&client),
             client,
             namespace,
             config,

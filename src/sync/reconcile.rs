@@ -12,7 +12,7 @@ use kube::api::{
     Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -94,12 +94,8 @@ impl Context {
         metrics: Arc<Metrics>,
         resync: Duration,
     ) -> Self {
-        let reporter = Reporter {
-            controller: APP_NAME.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::kube_client::recorder(&client),
             client,
             namespace,
             config,

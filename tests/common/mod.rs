@@ -8,6 +8,95 @@ use pullsecret_injector::config::Config;
 use pullsecret_injector::sync::Verifier;
 use serde_json::Value;
 
+/// (rule, image, whether the rule matches): the kubelet keyring's own cases
+/// (`pkg/credentialprovider/keyring_test.go`). The matcher and the matchCondition expression
+/// are both held to them.
+pub const KEYRING_CASES: &[(&str, &str, bool)] = &[
+    // Wildcards, one label each.
+    ("*.kubernetes.io", "prefix.kubernetes.io/foo", true),
+    ("prefix.*.io", "prefix.kubernetes.io/foo", true),
+    ("prefix.kubernetes.*", "prefix.kubernetes.io/foo", true),
+    (
+        "*-good.kubernetes.io",
+        "prefix-good.kubernetes.io/foo",
+        true,
+    ),
+    // Paths.
+    ("kubernetes.io/foo", "kubernetes.io/foo/bar", true),
+    ("kubernetes.io/foo/bar", "kubernetes.io/foo/bar", true),
+    ("*.kubernetes.io/foo", "prefix.kubernetes.io/foo/bar", true),
+    // Ports.
+    ("kubernetes.io:8080", "kubernetes.io:8080/foo", true),
+    (
+        "*.kubernetes.io:1111/foo",
+        "prefix.kubernetes.io:1111/foo/bar",
+        true,
+    ),
+    (
+        "prefix.*.io:1111/foo",
+        "prefix.kubernetes.io:1111/foo/bar",
+        true,
+    ),
+    // The label count must be equal.
+    ("*.kubernetes.io", "kubernetes.io/foo", false),
+    ("*.kubernetes.io", "sub.prefix.kubernetes.io/foo", false),
+    ("prefix.kubernetes.io", "kubernetes.io/foo", false),
+    // Ports must be equal, and a rule without one does not match an image with one.
+    (
+        "*.kubernetes.io:1111",
+        "prefix.kubernetes.io:2222/foo",
+        false,
+    ),
+    ("kubernetes.io", "kubernetes.io:1111/foo", false),
+    ("kubernetes.io:1111", "kubernetes.io/foo", false),
+    // The image path must start with the rule path.
+    ("kubernetes.io/foo/bar", "kubernetes.io/foo", false),
+    ("kubernetes.io/foo", "kubernetes.io/other/foo", false),
+    // Hosts compare case-sensitively, as Go's filepath.Match does.
+    ("example.com", "Example.COM/x/y", false),
+    ("Example.COM", "Example.COM/x/y", true),
+];
+
+/// A writer the log subscriber fills, to read back what was logged.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+/// Every test of the calling test binary logs at TRACE into one buffer (a process-wide
+/// subscriber: a thread-local one misses events when tests run in parallel).
+pub fn captured_logs() -> &'static Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        captured
+    })
+}
+
 pub fn data_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
