@@ -24,6 +24,8 @@ fn main() {
         ("helm", "has_helm"),
         ("kubernetes-validate", "has_kubernetes_validate"),
         ("moto_server", "has_moto"),
+        ("docker-registry", "has_registry"),
+        ("htpasswd", "has_htpasswd"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if ci || on_path(tool) {

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::FutureExt;
 
 use crate::admission;
+use crate::check_pull::CheckPullArgs;
 use crate::config::Config;
 use crate::credentials::http::HttpClient;
 use crate::credentials::refresh::{CredentialArgs, mint_once};
@@ -48,6 +49,9 @@ pub enum Command {
     /// Print configuration generated from the rules, for installs without the Helm chart.
     #[command(subcommand)]
     Render(Render),
+    /// Tell whether the kubelet's pull of an image would work: the rule, the secret, the auth
+    /// entry the kubelet would use, the registry's answer, and a verdict.
+    CheckPull(CheckPullArgs),
     /// Mint a secret's credentials once from its credential source and print the resulting
     /// `.dockerconfigjson` (to test a setup by hand; the expiry goes to stderr).
     Token(TokenArgs),
@@ -137,6 +141,7 @@ pub fn main() -> ExitCode {
         Command::CreateSecret(args) => crate::secret::run(&args),
         Command::Render(Render::MatchConditions(args)) => render_match_conditions(&args),
         Command::Token(args) => token(&args),
+        Command::CheckPull(args) => crate::check_pull::run(&args),
     };
     match result {
         Ok(code) => code,

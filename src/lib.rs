@@ -5,15 +5,18 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod check_pull;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod image;
+pub mod keyring;
 pub mod kube_client;
 pub mod logging;
 pub mod match_condition;
 pub mod metrics;
 pub mod names;
+pub mod registry;
 pub mod repair;
 pub mod rules;
 pub mod secret;

@@ -2,6 +2,7 @@
 //! the metadata server and local endpoints), a time limit on every request, and bodies read up
 //! to a bound.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +34,43 @@ impl HttpClient {
         })
     }
 
+    /// The system's roots and the CA certificates of `extra_ca` (PEM), for a registry behind a
+    /// private CA.
+    pub fn with_extra_ca(timeout: Duration, extra_ca: &[u8]) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(extra_ca) {
+            let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("not a CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no certificate in the CA file".to_owned());
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(https),
+            timeout,
+        })
+    }
+
     /// Sends `request`; the status and the body, or why there is none.
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Bytes>, String> {
         let answer = async {
@@ -40,7 +78,7 @@ impl HttpClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("request failed: {e}"))?;
+                .map_err(|e| format!("request failed: {}", chain(&e)))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_BODY)
                 .collect()
@@ -53,4 +91,16 @@ impl HttpClient {
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
+}
+
+/// An error with its causes, `a: b: c` (hyper's own message alone says only "Connect").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -1,0 +1,441 @@
+//! `check-pull` against the distribution project's registry (Debian's `docker-registry`, what
+//! Docker Hub's and Harbor's registries are built on), started on loopback with htpasswd
+//! (Basic) auth, plain or behind TLS with a private CA, an image pushed through the registry
+//! API. Each verdict is the exit status of the real binary. The kubelet's choice of auth entry
+//! is checked on its own, without a registry.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use pullsecret_injector::credentials::http::HttpClient;
+use pullsecret_injector::image::ImageRef;
+use pullsecret_injector::keyring::Keyring;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+// ---- the keyring, as the kubelet picks an entry ---------------------------------------------
+
+fn keyring(auths: Value) -> Keyring {
+    Keyring::from_docker_config(json!({ "auths": auths }).to_string().as_bytes()).unwrap()
+}
+
+fn picked(ring: &Keyring, image: &str) -> Vec<String> {
+    let image = ImageRef::parse(image).unwrap();
+    ring.lookup(&image)
+        .into_iter()
+        .map(|c| c.key.clone())
+        .collect()
+}
+
+#[test]
+fn the_auth_entry_the_kubelet_would_use() {
+    let entry = json!({ "username": "u", "password": "p" });
+    let ring = keyring(json!({
+        "https://index.docker.io/v1/": entry,
+        "ghcr.io": entry,
+        "ghcr.io/acme": entry,
+        "*.pkg.dev": entry,
+        "http://localhost:5000/": entry,
+        "registry.example.com/v2/": entry,
+    }));
+    // More specific keys first; every matching key is tried.
+    assert_eq!(
+        picked(&ring, "ghcr.io/acme/api:1"),
+        ["ghcr.io/acme", "ghcr.io"]
+    );
+    assert_eq!(picked(&ring, "ghcr.io/other/api:1"), ["ghcr.io"]);
+    // The kubelet compares paths as raw prefixes (unlike our rules).
+    assert_eq!(
+        picked(&ring, "ghcr.io/acmecorp/api"),
+        ["ghcr.io/acme", "ghcr.io"]
+    );
+    assert_eq!(picked(&ring, "us-docker.pkg.dev/p/r/i"), ["*.pkg.dev"]);
+    assert!(picked(&ring, "a.b.pkg.dev/p/r/i").is_empty());
+    // `https://`, a trailing `/` and `/v2/` are the bare host; the port must be equal.
+    assert_eq!(
+        picked(&ring, "localhost:5000/x"),
+        ["http://localhost:5000/"]
+    );
+    assert!(picked(&ring, "localhost:5001/x").is_empty());
+    assert_eq!(
+        picked(&ring, "registry.example.com/x"),
+        ["registry.example.com/v2/"]
+    );
+    // Docker Hub, only through the legacy key, for every spelling of an image.
+    for image in [
+        "nginx",
+        "library/nginx",
+        "docker.io/bitnami/kafka",
+        "index.docker.io/x/y",
+    ] {
+        assert_eq!(
+            picked(&ring, image),
+            ["https://index.docker.io/v1/"],
+            "{image}"
+        );
+    }
+    // A `docker.io` key wins over the legacy one.
+    let ring = keyring(json!({ "https://index.docker.io/v1/": entry, "docker.io": entry }));
+    assert_eq!(picked(&ring, "nginx"), ["docker.io"]);
+    // `auth` alone carries the pair.
+    let ring = keyring(
+        json!({ "ghcr.io": { "auth": base64::engine::general_purpose::STANDARD.encode("robot:tok") } }),
+    );
+    let image = ImageRef::parse("ghcr.io/x").unwrap();
+    let found = ring.lookup(&image);
+    assert_eq!(
+        (found[0].username.as_str(), found[0].password.as_str()),
+        ("robot", "tok")
+    );
+    assert!(
+        !format!("{:?}", found[0]).contains("tok"),
+        "no password in a debug print"
+    );
+    // A legacy .dockercfg is the map itself.
+    let legacy = Keyring::from_docker_config(br#"{"quay.io":{"auth":"dTpw"}}"#).unwrap();
+    assert_eq!(picked(&legacy, "quay.io/x/y"), ["quay.io"]);
+    assert!(Keyring::from_docker_config(b"[]").is_err());
+}
+
+// ---- a real registry ------------------------------------------------------------------------
+
+const USER: &str = "alice";
+const PASSWORD: &str = "s3cret-passw0rd";
+const REPO: &str = "team/app";
+const TAG: &str = "1.0";
+
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// The CA that signed its certificate, when it speaks TLS.
+    ca: Option<PathBuf>,
+}
+
+impl Registry {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    /// A registry with htpasswd auth for [`USER`], plain HTTP or TLS from a private CA, with
+    /// an image pushed at `REPO:TAG`.
+    async fn start(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = Command::new("htpasswd")
+            .args(["-Bbn", USER, PASSWORD])
+            .output()
+            .expect("htpasswd runs (apache2-utils; bash .ci/run installs it)");
+        assert!(htpasswd.status.success());
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+        let port = free_port();
+        let mut tls_config = String::new();
+        let mut ca = None;
+        if tls {
+            let pair = pullsecret_injector::tls::self_signed(&["127.0.0.1", "localhost"]).unwrap();
+            for (name, pem) in [
+                ("ca.crt", &pair.ca_pem),
+                ("tls.crt", &pair.cert_pem),
+                ("tls.key", &pair.key_pem),
+            ] {
+                std::fs::write(dir.path().join(name), pem).unwrap();
+            }
+            tls_config = format!(
+                "  tls:\n    certificate: {0}/tls.crt\n    key: {0}/tls.key\n",
+                dir.path().display()
+            );
+            ca = Some(dir.path().join("ca.crt"));
+        }
+        let config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {0}/data}}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-http-secret\n{tls_config}auth:\n  htpasswd: {{realm: test, path: {0}/htpasswd}}\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry runs (bash .ci/run installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let registry = Self {
+            child,
+            port,
+            dir,
+            ca,
+        };
+        registry.push().await;
+        registry
+    }
+
+    fn base(&self) -> String {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn http(&self) -> HttpClient {
+        match &self.ca {
+            Some(ca) => {
+                HttpClient::with_extra_ca(Duration::from_secs(10), &std::fs::read(ca).unwrap())
+                    .unwrap()
+            }
+            None => HttpClient::new(Duration::from_secs(10)).unwrap(),
+        }
+    }
+
+    /// Pushes a one-layer OCI image through the registry API, as skopeo would.
+    async fn push(&self) {
+        let http = self.http();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+        );
+        let send = |method: Method, url: String, body: Vec<u8>, content_type: &'static str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(url)
+                .header("authorization", &basic)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            http.send(request)
+        };
+        let blob = |content: Vec<u8>| {
+            let digest = format!("sha256:{:x}", Sha256::digest(&content));
+            let size = content.len();
+            let base = self.base();
+            let send = &send;
+            async move {
+                let started = send(
+                    Method::POST,
+                    format!("{base}/v2/{REPO}/blobs/uploads/"),
+                    vec![],
+                    "application/octet-stream",
+                )
+                .await
+                .unwrap();
+                assert_eq!(started.status(), 202, "start an upload");
+                let location = started.headers()["location"].to_str().unwrap().to_owned();
+                let location = if location.starts_with("http") {
+                    location
+                } else {
+                    format!("{base}{location}")
+                };
+                let separator = if location.contains('?') { '&' } else { '?' };
+                let done = send(
+                    Method::PUT,
+                    format!("{location}{separator}digest={digest}"),
+                    content,
+                    "application/octet-stream",
+                )
+                .await
+                .unwrap();
+                assert_eq!(done.status(), 201, "finish the upload");
+                (digest, size)
+            }
+        };
+        let (config_digest, config_size) = blob(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec(),
+        )
+        .await;
+        let (layer_digest, layer_size) = blob(b"not really a tarball".to_vec()).await;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size }],
+        });
+        let put = send(
+            Method::PUT,
+            format!("{}/v2/{REPO}/manifests/{TAG}", self.base()),
+            manifest.to_string().into_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+        .unwrap();
+        assert_eq!(put.status(), 201, "push the manifest");
+    }
+
+    fn image(&self, reference: &str) -> String {
+        format!("127.0.0.1:{}/{reference}", self.port)
+    }
+
+    fn config(&self) -> PathBuf {
+        let path = self.dir.path().join("injector.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "registries:\n  - match: 127.0.0.1:{}\n    secret: local-registry\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+fn secret_file(dir: &Path, key: &str, user: &str, password: &str) -> PathBuf {
+    let auths = json!({ "auths": { key: { "username": user, "password": password } } });
+    // As kubectl writes it: a Secret manifest with base64 data.
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "local-registry" },
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": { ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(auths.to_string()) },
+    });
+    let path = dir.join(format!(
+        "secret-{:x}.json",
+        Sha256::digest(secret.to_string())
+    ));
+    std::fs::write(&path, secret.to_string()).unwrap();
+    path
+}
+
+fn check_pull(image: &str, config: &Path, secret: &Path, extra: &[&str]) -> (i32, String) {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .arg("check-pull")
+        .arg(image)
+        .arg("--config")
+        .arg(config)
+        .arg("--secret-file")
+        .arg(secret)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(has_registry, has_htpasswd)),
+    ignore = "needs docker-registry and htpasswd on PATH (bash .ci/run installs them)"
+)]
+async fn verdicts_against_a_registry_with_basic_auth() {
+    let mut registry = Registry::start(false).await;
+    let dir = registry.dir.path().to_owned();
+    let config = registry.config();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let good = secret_file(&dir, &host, USER, PASSWORD);
+    let image = registry.image(&format!("{REPO}:{TAG}"));
+
+    let (code, text) = check_pull(&image, &config, &good, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("rule: 127.0.0.1")
+            && text.contains("auth entry")
+            && text.contains("verdict: would pull"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("http://{host}/v2/")),
+        "plain HTTP on loopback: {text}"
+    );
+    assert!(!text.contains(PASSWORD), "the password is never printed");
+
+    let cases = [
+        (
+            secret_file(&dir, &host, USER, "wrong-password"),
+            image.clone(),
+            10,
+            "bad credentials",
+        ),
+        (
+            secret_file(&dir, &host, "mallory", PASSWORD),
+            image.clone(),
+            10,
+            "bad credentials",
+        ),
+        (
+            good.clone(),
+            registry.image(&format!("{REPO}:no-such-tag")),
+            12,
+            "not found",
+        ),
+        (
+            good.clone(),
+            registry.image("team/other:1"),
+            12,
+            "not found",
+        ),
+        (
+            secret_file(&dir, "ghcr.io", USER, PASSWORD),
+            image.clone(),
+            13,
+            "no auth entry",
+        ),
+    ];
+    for (secret, image, code, words) in cases {
+        let (got, text) = check_pull(&image, &config, &secret, &[]);
+        assert_eq!(got, code, "{words}: {text}");
+        assert!(text.contains(words), "{text}");
+    }
+    // No rule for the image.
+    let (code, text) = check_pull("quay.io/x/y:1", &config, &good, &[]);
+    assert_eq!(code, 16, "{text}");
+
+    // The registry down.
+    registry.stop();
+    let (code, text) = check_pull(&image, &config, &good, &["--timeout", "3s"]);
+    assert_eq!(code, 14, "{text}");
+    assert!(text.contains("registry unreachable"), "{text}");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(has_registry, has_htpasswd)),
+    ignore = "needs docker-registry and htpasswd on PATH (bash .ci/run installs them)"
+)]
+async fn a_registry_behind_a_private_ca() {
+    let registry = Registry::start(true).await;
+    let dir = registry.dir.path().to_owned();
+    let config = registry.config();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let good = secret_file(&dir, &host, USER, PASSWORD);
+    let image = registry.image(&format!("{REPO}:{TAG}"));
+    let (code, text) = check_pull(&image, &config, &good, &[]);
+    assert_eq!(
+        code, 15,
+        "an untrusted CA is a TLS error, not a plain-HTTP fallback: {text}"
+    );
+    let ca = registry.ca.clone().unwrap();
+    let (code, text) = check_pull(
+        &image,
+        &config,
+        &good,
+        &["--registry-ca", ca.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&format!("https://{host}/v2/")), "{text}");
+}
