@@ -198,7 +198,7 @@ async fn load_keyrings(
 }
 
 /// A Secret manifest (YAML or JSON, `data` or `stringData`) or a docker config file.
-fn keyring_of_file(text: &[u8]) -> anyhow::Result<Keyring> {
+pub fn keyring_of_file(text: &[u8]) -> anyhow::Result<Keyring> {
     let value: serde_json::Value = serde_yaml_ng::from_slice(text).context("not YAML or JSON")?;
     if value.get("kind").and_then(|k| k.as_str()) != Some("Secret") {
         return Keyring::from_docker_config(text).map_err(|e| anyhow::anyhow!(e));

@@ -128,6 +128,10 @@ pub enum MutateOutput {
 pub struct CheckConfigArgs {
     /// Registries config (YAML).
     pub file: PathBuf,
+    /// A copied secret's content, `NAME=FILE` (a Secret manifest or a `.dockerconfigjson`):
+    /// warn about rules whose images it has no auth entry for. Repeatable.
+    #[arg(long, value_name = "NAME=FILE")]
+    pub secret_file: Vec<String>,
 }
 
 /// Parses the command line and runs it.
@@ -256,6 +260,35 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     }
     for w in &warnings {
         writeln!(out, "warning: {w}")?;
+    }
+    for spec in &args.secret_file {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--secret-file {spec:?}: expected NAME=FILE"))?;
+        let text = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+        let ring = crate::check_pull::keyring_of_file(&text).with_context(|| file.to_owned())?;
+        let keys = ring.keys().collect::<Vec<_>>().join(", ");
+        for (i, rule) in config.rules().iter().enumerate() {
+            if rule.secret() != name {
+                continue;
+            }
+            match ring.covers(rule) {
+                Some(true) => {}
+                Some(false) => writeln!(
+                    out,
+                    "warning: rule {} ({}): secret {name} has no auths entry the kubelet would use for its images (keys: {}): the secret is injected and the pull is still anonymous",
+                    i + 1,
+                    rule.key(),
+                    if keys.is_empty() { "none" } else { &keys }
+                )?,
+                None => writeln!(
+                    out,
+                    "note: rule {} ({}) has a glob host; check an image with check-pull",
+                    i + 1,
+                    rule.key()
+                )?,
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

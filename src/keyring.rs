@@ -108,6 +108,18 @@ impl Keyring {
         Vec::new()
     }
 
+    /// Whether the kubelet would find credentials here for the images `rule` matches: probed
+    /// with an image under the rule's match. `None` for a rule with a glob host, which names
+    /// no image to probe with.
+    pub fn covers(&self, rule: &Rule) -> Option<bool> {
+        if rule.host_labels().any(|(_, literal)| !literal) {
+            return None;
+        }
+        let probe = format!("{}/image", rule.key());
+        let image = ImageRef::parse(&probe).ok()?;
+        Some(!self.lookup(&image).is_empty())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -510,3 +510,61 @@ fn token_mints_once_from_a_credential_provider_and_check_config_names_sources() 
         "{text}"
     );
 }
+
+#[test]
+fn check_config_warns_when_a_secret_has_no_entry_for_its_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "registries:\n  - match: ghcr.io/acme\n    secret: ghcr\n  - match: asia-northeast1-docker.pkg.dev\n    secret: gar\n  - match: \"*.pkg.dev\"\n    secret: gar\n  - match: docker.io\n    secret: hub\n",
+    )
+    .unwrap();
+    let ghcr = dir.path().join("ghcr.json");
+    // The classic: the key names another registry.
+    std::fs::write(
+        &ghcr,
+        r#"{"auths":{"https://ghcr.io/v2/other":{"auth":"dTpw"}}}"#,
+    )
+    .unwrap();
+    let gar = dir.path().join("gar.json");
+    std::fs::write(
+        &gar,
+        r#"{"auths":{"asia-northeast1-docker.pkg.dev":{"auth":"dTpw"}}}"#,
+    )
+    .unwrap();
+    let hub = dir.path().join("hub.json");
+    std::fs::write(
+        &hub,
+        r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"}}}"#,
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "check-config",
+            config.to_str().unwrap(),
+            "--secret-file",
+            &format!("ghcr={}", ghcr.display()),
+            "--secret-file",
+            &format!("gar={}", gar.display()),
+            "--secret-file",
+            &format!("hub={}", hub.display()),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("warning: rule 1 (ghcr.io/acme): secret ghcr has no auths entry the kubelet would use for its images (keys: https://ghcr.io/v2/other)"),
+        "{text}"
+    );
+    assert!(!text.contains("rule 2 (asia"), "covered: {text}");
+    assert!(
+        text.contains("note: rule 3 (*.pkg.dev) has a glob host"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rule 4"),
+        "the legacy Docker Hub key covers docker.io: {text}"
+    );
+}
