@@ -192,7 +192,7 @@ async fn flow(
             }
             basic.clone()
         }
-        (StatusCode::UNAUTHORIZED, Some(Challenge::Bearer { realm, service })) => {
+        (StatusCode::UNAUTHORIZED, Some(Challenge::Bearer { realm, service, .. })) => {
             let scope = format!("repository:{}:pull", image.path());
             let mut url = format!("{realm}?scope={}", encode(&scope));
             if let Some(service) = service {
@@ -268,7 +268,14 @@ async fn flow(
         StatusCode::UNAUTHORIZED if matches!(ping.challenge, Some(Challenge::Basic)) => {
             Verdict::BadCredentials
         }
-        StatusCode::UNAUTHORIZED => Verdict::NoPullRight,
+        // A token the registry does not take (expired, signed by another key) is the
+        // credentials' fault; one without the pull scope is the repository's.
+        StatusCode::UNAUTHORIZED => match &head.challenge {
+            Some(Challenge::Bearer { error: Some(e), .. }) if e == "invalid_token" => {
+                Verdict::BadCredentials
+            }
+            _ => Verdict::NoPullRight,
+        },
         _ => Verdict::Unreachable,
     }
 }
@@ -285,6 +292,8 @@ enum Challenge {
     Bearer {
         realm: String,
         service: Option<String>,
+        /// RFC 6750's `error`: `invalid_token` (expired, not trusted) or `insufficient_scope`.
+        error: Option<String>,
     },
 }
 
@@ -335,6 +344,7 @@ fn parse_challenge(value: &str) -> Option<Challenge> {
     }
     let mut realm = None;
     let mut service = None;
+    let mut error = None;
     for part in split_params(params) {
         let Some((k, v)) = part.split_once('=') else {
             continue;
@@ -343,12 +353,14 @@ fn parse_challenge(value: &str) -> Option<Challenge> {
         match k.trim() {
             "realm" => realm = Some(v),
             "service" => service = Some(v),
+            "error" => error = Some(v),
             _ => {}
         }
     }
     Some(Challenge::Bearer {
         realm: realm?,
         service,
+        error,
     })
 }
 

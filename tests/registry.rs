@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -115,6 +116,15 @@ struct Registry {
     dir: tempfile::TempDir,
     /// The CA that signed its certificate, when it speaks TLS.
     ca: Option<PathBuf>,
+    /// The token issuer's key, with token auth: pushes use a token signed with it.
+    issuer: Option<Arc<Issuer>>,
+}
+
+/// How the registry authenticates.
+enum Auth {
+    Htpasswd,
+    /// `auth: token`, with tokens from this issuer's realm.
+    Token(Arc<Issuer>),
 }
 
 impl Registry {
@@ -142,14 +152,40 @@ impl Registry {
     /// A registry with htpasswd auth for [`USER`], plain HTTP or TLS from a private CA, with
     /// an image pushed at `REPO:TAG`.
     async fn start(tls: bool) -> Self {
+        Self::start_with(tls, Auth::Htpasswd, &[REPO]).await
+    }
+
+    async fn start_with(tls: bool, auth: Auth, repos: &[&'static str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let htpasswd = Command::new("htpasswd")
-            .args(["-Bbn", USER, PASSWORD])
-            .output()
-            .expect("htpasswd runs (apache2-utils; bash .ci/run installs it)");
-        assert!(htpasswd.status.success());
-        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
         let port = free_port();
+        let (auth_config, issuer) = match auth {
+            Auth::Htpasswd => {
+                let htpasswd = Command::new("htpasswd")
+                    .args(["-Bbn", USER, PASSWORD])
+                    .output()
+                    .expect("htpasswd runs (apache2-utils; bash .ci/run installs it)");
+                assert!(htpasswd.status.success());
+                std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+                (
+                    format!(
+                        "  htpasswd: {{realm: test, path: {}/htpasswd}}\n",
+                        dir.path().display()
+                    ),
+                    None,
+                )
+            }
+            Auth::Token(issuer) => {
+                std::fs::write(dir.path().join("issuer.crt"), &issuer.cert_pem).unwrap();
+                (
+                    format!(
+                        "  token: {{realm: \"{}\", service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {}/issuer.crt}}\n",
+                        issuer.realm,
+                        dir.path().display()
+                    ),
+                    Some(issuer),
+                )
+            }
+        };
         let mut tls_config = String::new();
         let mut ca = None;
         if tls {
@@ -168,7 +204,7 @@ impl Registry {
             ca = Some(dir.path().join("ca.crt"));
         }
         let config = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {0}/data}}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-http-secret\n{tls_config}auth:\n  htpasswd: {{realm: test, path: {0}/htpasswd}}\n",
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {0}/data}}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-http-secret\n{tls_config}auth:\n{auth_config}",
             dir.path().display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
@@ -189,8 +225,11 @@ impl Registry {
             port,
             dir,
             ca,
+            issuer,
         };
-        registry.push().await;
+        for repo in repos {
+            registry.push(repo).await;
+        }
         registry
     }
 
@@ -209,13 +248,19 @@ impl Registry {
         }
     }
 
-    /// Pushes a one-layer OCI image through the registry API, as skopeo would.
-    async fn push(&self) {
+    /// Pushes a one-layer OCI image to `repo:TAG` through the registry API, as skopeo would.
+    async fn push(&self, repo: &'static str) {
         let http = self.http();
-        let basic = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
-        );
+        let basic = match &self.issuer {
+            Some(issuer) => format!(
+                "Bearer {}",
+                issuer.token(USER, repo, &["pull", "push"], 300)
+            ),
+            None => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+            ),
+        };
         let send = |method: Method, url: String, body: Vec<u8>, content_type: &'static str| {
             let request = Request::builder()
                 .method(method)
@@ -234,7 +279,7 @@ impl Registry {
             async move {
                 let started = send(
                     Method::POST,
-                    format!("{base}/v2/{REPO}/blobs/uploads/"),
+                    format!("{base}/v2/{repo}/blobs/uploads/"),
                     vec![],
                     "application/octet-stream",
                 )
@@ -274,7 +319,7 @@ impl Registry {
         });
         let put = send(
             Method::PUT,
-            format!("{}/v2/{REPO}/manifests/{TAG}", self.base()),
+            format!("{}/v2/{repo}/manifests/{TAG}", self.base()),
             manifest.to_string().into_bytes(),
             "application/vnd.oci.image.manifest.v1+json",
         )
@@ -438,4 +483,166 @@ async fn a_registry_behind_a_private_ca() {
     );
     assert_eq!(code, 0, "{text}");
     assert!(text.contains(&format!("https://{host}/v2/")), "{text}");
+}
+
+// ---- token auth: a token server that signs JWTs the registry trusts --------------------------
+
+const SERVICE: &str = "test-registry";
+const ISSUER: &str = "test-token-issuer";
+/// A user whose tokens come back already expired.
+const EXPIRED_USER: &str = "expired";
+/// A repository the token server never grants.
+const FORBIDDEN_REPO: &str = "secret/app";
+
+/// Signs registry tokens (ES256, the certificate in `x5c`) and serves them at `realm`.
+struct Issuer {
+    key_pem: String,
+    cert_pem: String,
+    cert_der_b64: String,
+    realm: String,
+}
+
+#[derive(serde::Serialize)]
+struct TokenClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+    jti: String,
+    access: Vec<Value>,
+}
+
+impl Issuer {
+    /// A token for `sub` with `actions` on `repo`, living `ttl` seconds (negative: expired).
+    fn token(&self, sub: &str, repo: &str, actions: &[&str], ttl: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let exp = now.saturating_add_signed(ttl);
+        let access = if actions.is_empty() {
+            vec![]
+        } else {
+            vec![json!({ "type": "repository", "name": repo, "actions": actions })]
+        };
+        let claims = TokenClaims {
+            iss: ISSUER,
+            sub,
+            aud: SERVICE,
+            exp,
+            nbf: now.saturating_sub(600).min(exp.saturating_sub(1)),
+            iat: now.saturating_sub(600).min(exp.saturating_sub(1)),
+            jti: format!("{now}-{sub}-{repo}"),
+            access,
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.x5c = Some(vec![self.cert_der_b64.clone()]);
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.key_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+}
+
+/// The token server: Basic credentials in, a token for the asked `repository:<name>:pull`
+/// scope out; the forbidden repository gets a token without access, as Docker Hub's does.
+async fn token_server() -> Arc<Issuer> {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, ISSUER);
+    let cert = params.self_signed(&key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = Arc::new(Issuer {
+        key_pem: key.serialize_pem(),
+        cert_pem: cert.pem(),
+        cert_der_b64: base64::engine::general_purpose::STANDARD.encode(cert.der()),
+        realm: format!("http://{}/token", listener.local_addr().unwrap()),
+    });
+    let state = issuer.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::get(
+            move |headers: http::HeaderMap, query: axum::extract::RawQuery| {
+                let issuer = state.clone();
+                async move {
+                    let basic = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Basic "))
+                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .unwrap_or_default();
+                    let (user, password) = basic.split_once(':').unwrap_or_default();
+                    if password != PASSWORD || (user != USER && user != EXPIRED_USER) {
+                        return (
+                            http::StatusCode::UNAUTHORIZED,
+                            String::from(r#"{"details":"incorrect username or password"}"#),
+                        );
+                    }
+                    let query: std::collections::HashMap<String, String> =
+                        form_urlencoded::parse(query.0.unwrap_or_default().as_bytes())
+                            .into_owned()
+                            .collect();
+                    assert_eq!(query.get("service").map(String::as_str), Some(SERVICE));
+                    let scope = query.get("scope").cloned().unwrap_or_default();
+                    let repo = scope.split(':').nth(1).unwrap_or_default().to_owned();
+                    let actions: &[&str] = if repo == FORBIDDEN_REPO {
+                        &[]
+                    } else {
+                        &["pull"]
+                    };
+                    let ttl = if user == EXPIRED_USER { -3600 } else { 300 };
+                    let token = issuer.token(user, &repo, actions, ttl);
+                    (http::StatusCode::OK, json!({ "token": token }).to_string())
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    issuer
+}
+
+// The token server runs on the test's runtime while the binary blocks one of its threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(has_registry, has_htpasswd)),
+    ignore = "needs docker-registry and htpasswd on PATH (bash .ci/run installs them)"
+)]
+async fn verdicts_against_a_registry_with_token_auth() {
+    let issuer = token_server().await;
+    let registry = Registry::start_with(false, Auth::Token(issuer), &[REPO, FORBIDDEN_REPO]).await;
+    let dir = registry.dir.path().to_owned();
+    let config = registry.config();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let image = registry.image(&format!("{REPO}:{TAG}"));
+    let cases = [
+        (USER, PASSWORD, image.clone(), 0, "would pull"),
+        (USER, "wrong-password", image.clone(), 10, "bad credentials"),
+        (
+            USER,
+            PASSWORD,
+            registry.image(&format!("{FORBIDDEN_REPO}:{TAG}")),
+            11,
+            "no pull right",
+        ),
+        (EXPIRED_USER, PASSWORD, image.clone(), 10, "bad credentials"),
+        (
+            USER,
+            PASSWORD,
+            registry.image(&format!("{REPO}:missing")),
+            12,
+            "not found",
+        ),
+    ];
+    for (user, password, image, code, words) in cases {
+        let secret = secret_file(&dir, &host, user, password);
+        let (got, text) = check_pull(&image, &config, &secret, &[]);
+        assert_eq!(got, code, "{user} {words}: {text}");
+        assert!(text.contains(words), "{text}");
+        assert!(
+            text.contains("token for repository:"),
+            "the Bearer flow: {text}"
+        );
+    }
 }
