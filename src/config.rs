@@ -18,6 +18,8 @@ pub struct Config {
     secrets: Vec<String>,
     /// Credential sources of the secrets that are minted rather than copied.
     sources: BTreeMap<String, Source>,
+    /// Each rule's probe image, if it names one.
+    probes: Vec<Option<String>>,
 }
 
 /// A config that cannot be used, with the place and the reason.
@@ -74,6 +76,9 @@ struct RuleSpec {
     #[serde(rename = "match")]
     match_: String,
     secret: String,
+    /// An image the background credential check asks the manifest of.
+    #[serde(rename = "probeImage", default)]
+    probe_image: Option<String>,
 }
 
 impl Config {
@@ -101,6 +106,17 @@ impl Config {
                         error,
                     }
                 })?;
+            if let Some(probe) = &spec.probe_image {
+                let bad = |reason: String| ConfigError::Rule {
+                    index: i + 1,
+                    source_match: spec.match_.clone(),
+                    error: crate::rules::RuleError::BadProbe(reason),
+                };
+                let image = ImageRef::parse(probe).map_err(|e| bad(format!("{probe:?}: {e}")))?;
+                if !rule.matches(&image) {
+                    return Err(bad(format!("{probe:?} is not an image this rule matches")));
+                }
+            }
             warnings.extend(rule_warnings.into_iter().map(|warning| ConfigWarning {
                 index: i + 1,
                 source_match: spec.match_.clone(),
@@ -139,11 +155,13 @@ impl Config {
                 });
             }
         }
+        let probes = specs.into_iter().map(|s| s.probe_image).collect();
         Ok((
             Self {
                 rules,
                 secrets,
                 sources,
+                probes,
             },
             warnings,
         ))
@@ -165,6 +183,11 @@ impl Config {
     /// Every secret the config can inject, each once, in config order.
     pub fn secrets(&self) -> &[String] {
         &self.secrets
+    }
+
+    /// The probe image of the rule at `index`, if it names one.
+    pub fn probe_image(&self, index: usize) -> Option<&str> {
+        self.probes.get(index).and_then(|p| p.as_deref())
     }
 
     /// The credential source of `secret`, when it is minted rather than copied.

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod check_pull;
 pub mod cli;
 pub mod config;
+pub mod credential_check;
 pub mod credentials;
 pub mod image;
 pub mod keyring;

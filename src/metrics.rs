@@ -34,6 +34,19 @@ struct SecretResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    secret: String,
+    registry: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    secret: String,
+    registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -66,6 +79,8 @@ pub struct Metrics {
     repairs: Family<ResultLabels, Counter>,
     credential_refreshes: Family<SecretResultLabels, Counter>,
     credential_expiry: Family<SecretLabels, Gauge>,
+    credential_checks: Family<CheckLabels, Gauge>,
+    credential_check_time: Family<RegistryLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -190,6 +205,18 @@ impl Metrics {
                 "Unix time at which the minted credentials in force expire, by secret",
                 Family::default(),
             ),
+            credential_checks: register(
+                r,
+                "credential_check",
+                "Result of the last credential check of a source against a registry: 1 for the current result (ok, bad_credentials, no_pull_right, not_found, no_auth_entry, unreachable, tls_error), 0 for the others seen",
+                Family::default(),
+            ),
+            credential_check_time: register(
+                r,
+                "credential_check_timestamp_seconds",
+                "Unix time of the last credential check of a source against a registry",
+                Family::default(),
+            ),
             registry: std::mem::take(r),
         };
         // Every outcome is exported from the start, at 0.
@@ -286,6 +313,45 @@ impl Metrics {
             secret: secret.to_owned(),
         };
         self.credential_expiry.get_or_create(&labels).set(unix);
+    }
+
+    /// Records a credential check: `result` becomes the one set to 1 for the pair.
+    pub fn credential_check(
+        &self,
+        secret: &str,
+        registry: &str,
+        result: &'static str,
+        at: std::time::SystemTime,
+    ) {
+        for previous in [
+            "ok",
+            "bad_credentials",
+            "no_pull_right",
+            "not_found",
+            "no_auth_entry",
+            "unreachable",
+            "tls_error",
+            "no_rule",
+        ] {
+            let labels = CheckLabels {
+                secret: secret.to_owned(),
+                registry: registry.to_owned(),
+                result: previous,
+            };
+            if previous == result {
+                self.credential_checks.get_or_create(&labels).set(1);
+            } else if let Some(gauge) = self.credential_checks.get(&labels) {
+                gauge.set(0);
+            }
+        }
+        let unix = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let labels = RegistryLabels {
+            secret: secret.to_owned(),
+            registry: registry.to_owned(),
+        };
+        self.credential_check_time.get_or_create(&labels).set(unix);
     }
 
     pub fn kube_api_request(&self, method: &str, code: u16) {

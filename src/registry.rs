@@ -142,7 +142,16 @@ pub async fn check(
     credential: Option<&Credential>,
 ) -> Check {
     let mut steps = Vec::new();
-    let verdict = flow(endpoint, image, credential, &mut steps).await;
+    let verdict = flow(endpoint, image, credential, true, &mut steps).await;
+    Check { steps, verdict }
+}
+
+/// The flow up to the credentials' acceptance, as `docker login` goes: `GET /v2/` with them
+/// (Basic), or a token without a repository scope (Bearer). No manifest is asked for, so the
+/// image's path does not matter. [`Verdict::WouldPull`] means the login works.
+pub async fn login(endpoint: Endpoint<'_>, image: &ImageRef<'_>, credential: &Credential) -> Check {
+    let mut steps = Vec::new();
+    let verdict = flow(endpoint, image, Some(credential), false, &mut steps).await;
     Check { steps, verdict }
 }
 
@@ -150,6 +159,7 @@ async fn flow(
     endpoint: Endpoint<'_>,
     image: &ImageRef<'_>,
     credential: Option<&Credential>,
+    manifest_too: bool,
     steps: &mut Vec<String>,
 ) -> Verdict {
     let base = api_base(image, endpoint.plain_http);
@@ -190,11 +200,35 @@ async fn flow(
                 steps.push("the registry asks for Basic credentials".to_owned());
                 return Verdict::NoAuthEntry;
             }
+            if !manifest_too {
+                let url = format!("{base}/v2/");
+                return match send(endpoint.http, Method::GET, &url, basic.as_deref(), None).await {
+                    Ok(answer) => {
+                        steps.push(format!("GET {url} with the credentials: {}", answer.status));
+                        match answer.status {
+                            s if s.is_success() => Verdict::WouldPull,
+                            StatusCode::UNAUTHORIZED => Verdict::BadCredentials,
+                            StatusCode::FORBIDDEN => Verdict::NoPullRight,
+                            _ => Verdict::Unreachable,
+                        }
+                    }
+                    Err(error) => {
+                        steps.push(format!("GET {url}: {error}"));
+                        Verdict::Unreachable
+                    }
+                };
+            }
             basic.clone()
         }
         (StatusCode::UNAUTHORIZED, Some(Challenge::Bearer { realm, service, .. })) => {
             let scope = format!("repository:{}:pull", image.path());
-            let mut url = format!("{realm}?scope={}", encode(&scope));
+            // A login asks for no scope, as `docker login` does.
+            let mut url = if manifest_too {
+                format!("{realm}?scope={}", encode(&scope))
+            } else {
+                let account = credential.map(|c| c.username.as_str()).unwrap_or_default();
+                format!("{realm}?account={}", encode(account))
+            };
             if let Some(service) = service {
                 url.push_str(&format!("&service={}", encode(service)));
             }
@@ -233,6 +267,9 @@ async fn flow(
                     return Verdict::Unreachable;
                 }
             };
+            if !manifest_too {
+                return Verdict::WouldPull;
+            }
             let token = token.token.or(token.access_token).unwrap_or_default();
             Some(format!("Bearer {token}"))
         }

@@ -43,6 +43,8 @@ pub enum RuleError {
     BadPath(String),
     #[error("scheme {0:?} is not supported: registries are matched by host and path")]
     BadScheme(String),
+    #[error("probeImage {0}")]
+    BadProbe(String),
 }
 
 /// Something legal that probably does not do what the author meant.

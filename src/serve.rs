@@ -14,6 +14,7 @@ use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::credential_check::{CheckArgs, Checker};
 use crate::credentials::http::HttpClient;
 use crate::credentials::refresh::{CredentialArgs, Refresher};
 use crate::kube_client::{self, KubeArgs};
@@ -49,6 +50,8 @@ pub struct ServeArgs {
     pub repair: RepairArgs,
     #[command(flatten)]
     pub credentials: CredentialArgs,
+    #[command(flatten)]
+    pub checks: CheckArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
     /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
@@ -238,10 +241,19 @@ where
                 namespace.clone(),
                 store.clone(),
                 metrics.clone(),
-                http,
+                http.clone(),
                 args.credentials.clone(),
             );
             tokio::spawn(refresher.run(stop()));
+            let checker = Checker::new(
+                client.clone(),
+                namespace.clone(),
+                store.clone(),
+                metrics.clone(),
+                http,
+                &args.checks,
+            );
+            tokio::spawn(checker.run(stop()));
         }
         Err(error) => {
             tracing::error!(%error, "cannot load the system's TLS roots: minted secrets are not renewed");

@@ -2,7 +2,10 @@
 //! Docker Hub's and Harbor's registries are built on), started on loopback with htpasswd
 //! (Basic) auth, plain or behind TLS with a private CA, an image pushed through the registry
 //! API. Each verdict is the exit status of the real binary. The kubelet's choice of auth entry
-//! is checked on its own, without a registry.
+//! is checked on its own, without a registry. The background checks run against it too, with
+//! their source Secret in the fake API server.
+
+mod fake_api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -208,10 +211,11 @@ impl Registry {
             dir.path().display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry runs (bash .ci/run installs it)");
@@ -231,6 +235,16 @@ impl Registry {
             registry.push(repo).await;
         }
         registry
+    }
+
+    /// The requests the registry logged for `path`, as `"METHOD path" status` lines.
+    fn requests(&self, path: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!(" {path} HTTP/1.1\"")))
+            .map(str::to_owned)
+            .collect()
     }
 
     fn base(&self) -> String {
@@ -645,4 +659,183 @@ async fn verdicts_against_a_registry_with_token_auth() {
             "the Bearer flow: {text}"
         );
     }
+}
+
+// ---- background credential checks ------------------------------------------------------------
+
+fn docker_config(host: &str, user: &str, password: &str) -> Vec<u8> {
+    json!({ "auths": { host: { "username": user, "password": password } } })
+        .to_string()
+        .into_bytes()
+}
+
+#[test]
+fn what_the_background_checks_ask() {
+    use pullsecret_injector::config::Config;
+    use pullsecret_injector::credential_check::{Target, targets};
+    let config = Config::from_yaml(
+        "registries:\n  - match: ghcr.io/acme\n    secret: ghcr\n  - match: \"*.pkg.dev\"\n    secret: gar\n  - match: \"*-docker.pkg.dev\"\n    secret: gar\n    probeImage: us-docker.pkg.dev/p/r/i:1\n  - match: ghcr.io/acme\n    secret: ghcr\n",
+    )
+    .unwrap()
+    .0;
+    assert_eq!(
+        targets(&config),
+        [
+            Target {
+                secret: "ghcr".into(),
+                registry: "ghcr.io/acme".into(),
+                probe_image: None
+            },
+            Target {
+                secret: "gar".into(),
+                registry: "*-docker.pkg.dev".into(),
+                probe_image: Some("us-docker.pkg.dev/p/r/i:1".into())
+            },
+        ],
+        "a glob without a probe image names no registry; duplicates once"
+    );
+    let bad = Config::from_yaml(
+        "registries:\n  - match: ghcr.io/acme\n    secret: g\n    probeImage: quay.io/x:1\n",
+    );
+    assert!(
+        bad.unwrap_err()
+            .to_string()
+            .contains("not an image this rule matches")
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(has_registry, has_htpasswd)),
+    ignore = "needs docker-registry and htpasswd on PATH (bash .ci/run installs them)"
+)]
+async fn a_check_is_one_login_and_says_what_is_wrong() {
+    use pullsecret_injector::credential_check::{Target, check_target, result_label};
+    let registry = Registry::start(false).await;
+    let host = format!("127.0.0.1:{}", registry.port);
+    let http = HttpClient::new(Duration::from_secs(5)).unwrap();
+    let login = Target {
+        secret: "s".into(),
+        registry: host.clone(),
+        probe_image: None,
+    };
+    let probe = |tag: &str| Target {
+        secret: "s".into(),
+        registry: host.clone(),
+        probe_image: Some(registry.image(&format!("{REPO}:{tag}"))),
+    };
+    let cases = [
+        (login.clone(), docker_config(&host, USER, PASSWORD), "ok"),
+        (
+            login.clone(),
+            docker_config(&host, USER, "stale-password"),
+            "bad_credentials",
+        ),
+        (
+            login.clone(),
+            docker_config("ghcr.io", USER, PASSWORD),
+            "no_auth_entry",
+        ),
+        (probe(TAG), docker_config(&host, USER, PASSWORD), "ok"),
+        (
+            probe("gone"),
+            docker_config(&host, USER, PASSWORD),
+            "not_found",
+        ),
+    ];
+    for (target, config, expected) in cases {
+        let (verdict, steps) = check_target(&http, &target, &config).await;
+        assert_eq!(result_label(verdict), expected, "{target:?}: {steps:?}");
+    }
+    // The stale password cost one login: the anonymous ping and one try with it, not a burst.
+    let before = registry.requests("/v2/").len();
+    let _ = check_target(&http, &login, &docker_config(&host, USER, "stale-password")).await;
+    let logins = registry.requests("/v2/").len() - before;
+    assert!((1..=3).contains(&logins), "{logins} requests for one check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(has_registry, has_htpasswd)),
+    ignore = "needs docker-registry and htpasswd on PATH (bash .ci/run installs them)"
+)]
+async fn the_checker_follows_its_sources_and_reports_a_failure() {
+    use pullsecret_injector::config::Config;
+    use pullsecret_injector::credential_check::{CheckArgs, Checker};
+    use pullsecret_injector::metrics::Metrics;
+    use pullsecret_injector::watch::ConfigStore;
+
+    let registry = Registry::start(false).await;
+    let host = format!("127.0.0.1:{}", registry.port);
+    let api = fake_api::FakeApi::default();
+    let put = |password: &str| {
+        api.put_secret(
+            "psi",
+            "local-registry",
+            json!({ "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(docker_config(&host, USER, password)) } }),
+        )
+    };
+    put(PASSWORD);
+    let config = Config::from_yaml(&format!(
+        "registries:\n  - match: {host}\n    secret: local-registry\n"
+    ))
+    .unwrap()
+    .0;
+    let metrics = Arc::new(pullsecret_injector::metrics::Metrics::new());
+    let checker = Checker::new(
+        api.client(),
+        "psi".to_owned(),
+        Arc::new(ConfigStore::new(config)),
+        metrics.clone(),
+        HttpClient::new(Duration::from_secs(5)).unwrap(),
+        &CheckArgs {
+            credential_check_interval: Duration::from_secs(3600),
+        },
+    )
+    .with_min_gap(Duration::from_millis(200));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(checker.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let result = |metrics: &Metrics, result: &str| {
+        metrics.encode().contains(&format!(
+            "pullsecret_injector_credential_check{{secret=\"local-registry\",registry=\"{host}\",result=\"{result}\"}} 1"
+        ))
+    };
+    let wait = |what: &'static str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                metrics.encode()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the first check at start", &|| result(&metrics, "ok"));
+    // The password changes for a stale one: checked again at once, not at the next interval.
+    put("stale-password");
+    wait("the check after the change", &|| {
+        result(&metrics, "bad_credentials")
+    });
+    assert!(!result(&metrics, "ok"), "one current result");
+    let events = api.state().events.clone();
+    let event = events
+        .iter()
+        .find(|e| e["reason"] == "PullCredentialFailed")
+        .expect("an Event");
+    assert_eq!(event["regarding"]["name"], "local-registry");
+    assert!(event["note"].as_str().unwrap().contains("bad credentials"));
+    assert!(
+        !event.to_string().contains("stale-password"),
+        "no secret value in an Event"
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("pullsecret_injector_credential_check_timestamp_seconds")
+    );
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }

@@ -1,0 +1,322 @@
+//! Background credential checks: for each source Secret and each registry its rules name, the
+//! registry's login flow with the credentials the kubelet would pick (and the manifest of the
+//! rule's `probeImage`, when it names one), at start, after every change of the source, and
+//! every `--credential-check-interval`, jittered. Results are metrics, a log line when one
+//! changes, and a `PullCredentialFailed` Event on the source Secret when it turns bad.
+//!
+//! Gentle on registries: a stale password must not lock an account (a kubelet with a stale
+//! secret was seen sending 11 failed logins in 60 ms). Each registry is asked once per check
+//! with one credential, at most once a minute whatever changes, a failed check is not retried
+//! before the next interval, and all checks share a budget of [`MAX_PER_MINUTE`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::credentials::http::HttpClient;
+use crate::image::ImageRef;
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
+use crate::registry::{self, Endpoint, Verdict};
+use crate::watch::ConfigStore;
+
+/// Checks of all sources and registries, per minute, at most.
+pub const MAX_PER_MINUTE: u32 = 30;
+/// The least time between two checks of one source against one registry.
+pub const MIN_GAP: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug, Args)]
+pub struct CheckArgs {
+    /// How often each source's credentials are checked against each registry its rules name
+    /// (jittered by a tenth; also at start and after every change of a source); 0s: never.
+    #[arg(long, env = "PSI_CREDENTIAL_CHECK_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub credential_check_interval: Duration,
+}
+
+impl Default for CheckArgs {
+    fn default() -> Self {
+        Self {
+            credential_check_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One thing to check: a secret against a registry (a rule's match).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub secret: String,
+    /// The rule's match, `host[:port][/path]`: the `registry` label.
+    pub registry: String,
+    /// The image whose manifest is asked for, or `None` for a login only.
+    pub probe_image: Option<String>,
+}
+
+/// The metric label of a verdict.
+pub fn result_label(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::WouldPull => "ok",
+        Verdict::BadCredentials => "bad_credentials",
+        Verdict::NoPullRight => "no_pull_right",
+        Verdict::NotFound => "not_found",
+        Verdict::NoAuthEntry => "no_auth_entry",
+        Verdict::Unreachable => "unreachable",
+        Verdict::TlsError => "tls_error",
+        Verdict::NoRule => "no_rule",
+    }
+}
+
+/// What to check under `config`: every secret against every rule naming it with a concrete
+/// host (a glob host names no registry to ask, unless its probe image does).
+pub fn targets(config: &Config) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::new();
+    for (i, rule) in config.rules().iter().enumerate() {
+        let probe = config.probe_image(i).map(str::to_owned);
+        if probe.is_none() && rule.host_labels().any(|(_, literal)| !literal) {
+            continue;
+        }
+        let target = Target {
+            secret: rule.secret().to_owned(),
+            registry: rule.key(),
+            probe_image: probe,
+        };
+        if !out.contains(&target) {
+            out.push(target);
+        }
+    }
+    out
+}
+
+/// Checks `target` with the `.dockerconfigjson` (or `.dockercfg`) bytes of its source.
+pub async fn check_target(
+    http: &HttpClient,
+    target: &Target,
+    docker_config: &[u8],
+) -> (Verdict, Vec<String>) {
+    let keyring = match Keyring::from_docker_config(docker_config) {
+        Ok(k) => k,
+        Err(e) => {
+            return (
+                Verdict::NoAuthEntry,
+                vec![format!("the source is not a docker config: {e}")],
+            );
+        }
+    };
+    let image_text = target
+        .probe_image
+        .clone()
+        .unwrap_or_else(|| format!("{}/probe", target.registry));
+    let Ok(image) = ImageRef::parse(&image_text) else {
+        return (
+            Verdict::NoRule,
+            vec![format!("{image_text:?} is not an image")],
+        );
+    };
+    let Some(credential) = keyring.lookup(&image).into_iter().next() else {
+        return (Verdict::NoAuthEntry, vec![]);
+    };
+    let mut endpoint = Endpoint {
+        http,
+        plain_http: false,
+    };
+    if registry::is_loopback(&image) {
+        endpoint.plain_http = !registry::speaks_tls(http, &image).await;
+    }
+    let check = if target.probe_image.is_some() {
+        registry::check(endpoint, &image, Some(credential)).await
+    } else {
+        registry::login(endpoint, &image, credential).await
+    };
+    (check.verdict, check.steps)
+}
+
+struct Schedule {
+    next: Instant,
+    last: Option<Instant>,
+    /// The source's resourceVersion last checked.
+    version: Option<String>,
+    result: Option<Verdict>,
+}
+
+/// Runs the checks until `stop`.
+pub struct Checker {
+    client: Client,
+    namespace: String,
+    config: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    http: HttpClient,
+    interval: Duration,
+    min_gap: Duration,
+    recorder: Recorder,
+}
+
+impl Checker {
+    pub fn new(
+        client: Client,
+        namespace: String,
+        config: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+        http: HttpClient,
+        args: &CheckArgs,
+    ) -> Self {
+        Self {
+            recorder: crate::kube_client::recorder(&client),
+            client,
+            namespace,
+            config,
+            metrics,
+            http,
+            interval: args.credential_check_interval,
+            min_gap: MIN_GAP,
+        }
+    }
+
+    /// Another least time between two checks of a pair (tests shorten it).
+    pub fn with_min_gap(mut self, gap: Duration) -> Self {
+        self.min_gap = gap;
+        self
+    }
+
+    pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        if self.interval.is_zero() {
+            tracing::info!("credential checks are off (--credential-check-interval 0s)");
+            return;
+        }
+        let (sources, writer) = reflector::store::<Secret>();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let watch = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .for_each(|_| futures::future::ready(()));
+        let watch = tokio::spawn(watch);
+        let mut stop = std::pin::pin!(futures::FutureExt::fuse(stop));
+        let mut schedules: HashMap<Target, Schedule> = HashMap::new();
+        let mut budget: Vec<Instant> = Vec::new();
+        loop {
+            self.round(&sources, &mut schedules, &mut budget).await;
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = &mut stop => break,
+            }
+        }
+        watch.abort();
+    }
+
+    /// One pass: every target that is due, or whose source changed, within the budget.
+    async fn round(
+        &self,
+        sources: &Store<Secret>,
+        schedules: &mut HashMap<Target, Schedule>,
+        budget: &mut Vec<Instant>,
+    ) {
+        let config = self.config.load();
+        let targets = targets(&config);
+        schedules.retain(|t, _| targets.contains(t));
+        let now = Instant::now();
+        for target in targets {
+            let schedule = schedules.entry(target.clone()).or_insert(Schedule {
+                next: now,
+                last: None,
+                version: None,
+                result: None,
+            });
+            let source = sources.get(&ObjectRef::new(&target.secret).within(&self.namespace));
+            let version = source.as_ref().and_then(|s| s.resource_version());
+            let changed = source.is_some() && version != schedule.version;
+            let due = now >= schedule.next || changed;
+            let too_soon = schedule
+                .last
+                .is_some_and(|l| now.duration_since(l) < self.min_gap);
+            if !due || too_soon {
+                continue;
+            }
+            let Some(source) = source else {
+                // The sync reports a missing source; nothing to check yet.
+                continue;
+            };
+            budget.retain(|at| now.duration_since(*at) < Duration::from_secs(60));
+            if budget.len() >= MAX_PER_MINUTE as usize {
+                break;
+            }
+            budget.push(now);
+            let data = source.data.clone().unwrap_or_default();
+            let bytes = data
+                .get(".dockerconfigjson")
+                .or_else(|| data.get(".dockercfg"))
+                .map(|b| b.0.clone())
+                .unwrap_or_default();
+            let (verdict, steps) = check_target(&self.http, &target, &bytes).await;
+            schedule.last = Some(Instant::now());
+            schedule.version = version;
+            schedule.next = Instant::now() + self.interval.mul_f64(0.9 + 0.2 * jitter());
+            self.metrics.credential_check(
+                &target.secret,
+                &target.registry,
+                result_label(verdict),
+                SystemTime::now(),
+            );
+            let previous = schedule.result.replace(verdict);
+            if previous != Some(verdict) {
+                self.changed(&target, verdict, previous, &steps).await;
+            }
+        }
+    }
+
+    async fn changed(
+        &self,
+        target: &Target,
+        verdict: Verdict,
+        previous: Option<Verdict>,
+        steps: &[String],
+    ) {
+        let (secret, registry) = (&target.secret, &target.registry);
+        if verdict == Verdict::WouldPull {
+            tracing::info!(%secret, %registry, "credential check passes");
+            return;
+        }
+        tracing::warn!(%secret, %registry, result = result_label(verdict), steps = %steps.join("; "), "credential check fails");
+        if previous.is_some_and(|p| p != Verdict::WouldPull) {
+            return;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "PullCredentialFailed".to_owned(),
+            note: Some(format!(
+                "the credentials of {secret} fail against {registry}: {verdict} (check-pull shows the steps)"
+            )),
+            action: "Check".to_owned(),
+            secondary: None,
+        };
+        let reference = Secret {
+            metadata: ObjectMeta {
+                name: Some(secret.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+        .object_ref(&());
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "cannot record the credential check event");
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
