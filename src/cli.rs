@@ -15,10 +15,10 @@ use crate::admission;
 use crate::check_pull::CheckPullArgs;
 use crate::config::Config;
 use crate::credentials::http::HttpClient;
-use crate::credentials::refresh::{CredentialArgs, mint_once};
 use crate::credentials::{KeyRef, MintEnv, MintError};
 use crate::logging::LogArgs;
 use crate::match_condition::{IMAGE_CONDITION, ImageCondition, PER_CALL_LIMIT, match_conditions};
+use crate::refresh::{CredentialArgs, mint_once};
 use crate::secret::CreateSecretArgs;
 use crate::serve::ServeArgs;
 

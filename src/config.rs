@@ -185,6 +185,19 @@ impl Config {
         &self.secrets
     }
 
+    /// The registry keys a minted secret's `auths` get: the matches of the rules that name it,
+    /// in normalized form (`host[:port][/path]`), each once.
+    pub fn registry_keys(&self, secret: &str) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.secret() == secret) {
+            let key = rule.key();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
     /// The probe image of the rule at `index`, if it names one.
     pub fn probe_image(&self, index: usize) -> Option<&str> {
         self.probes.get(index).and_then(|p| p.as_deref())

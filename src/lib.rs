@@ -17,6 +17,7 @@ pub mod logging;
 pub mod match_condition;
 pub mod metrics;
 pub mod names;
+pub mod refresh;
 pub mod registry;
 pub mod repair;
 pub mod rules;

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 
 use crate::credential_check::{CheckArgs, Checker};
 use crate::credentials::http::HttpClient;
-use crate::credentials::refresh::{CredentialArgs, Refresher};
 use crate::kube_client::{self, KubeArgs};
 use crate::metrics::Metrics;
+use crate::refresh::{CredentialArgs, Refresher};
 use crate::repair::{self, RepairArgs};
 use crate::server::{self, AppState, Limits};
 use crate::sync::{self, SyncArgs, Verifier};

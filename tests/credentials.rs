@@ -21,11 +21,9 @@ use fake_api::FakeApi;
 use http::StatusCode;
 use pullsecret_injector::config::Config;
 use pullsecret_injector::credentials::http::HttpClient;
-use pullsecret_injector::credentials::refresh::{CredentialArgs, Outcome, RefreshError, Refresher};
-use pullsecret_injector::credentials::{
-    self, KeyRef, MintEnv, MintError, Plugin, Source, gcp, plugin,
-};
+use pullsecret_injector::credentials::{KeyRef, MintEnv, MintError, Plugin, Source, gcp, plugin};
 use pullsecret_injector::metrics::Metrics;
+use pullsecret_injector::refresh::{CredentialArgs, Outcome, RefreshError, Refresher};
 use pullsecret_injector::watch::ConfigStore;
 use serde_json::{Value, json};
 
@@ -381,7 +379,7 @@ fn the_config_names_each_secrets_source() {
         ["gar-pull", "ghcr-acme"]
     );
     assert_eq!(
-        credentials::registry_keys(&config, "gar-pull"),
+        config.registry_keys("gar-pull"),
         ["asia-northeast1-docker.pkg.dev", "*.pkg.dev"]
     );
 
@@ -683,15 +681,14 @@ async fn mint_env_reads_a_key_through_its_reader() {
         metadata_host: "127.0.0.1:9",
         plugin_timeout: Duration::from_secs(1),
     };
-    let minted =
-        pullsecret_injector::credentials::refresh::mint_once(&gcp_config(), "gar-pull", &env)
-            .await
-            .unwrap();
+    let minted = pullsecret_injector::refresh::mint_once(&gcp_config(), "gar-pull", &env)
+        .await
+        .unwrap();
     assert_eq!(
         minted.auths["asia-northeast1-docker.pkg.dev"].1,
         "ya29.token-1"
     );
-    let error = pullsecret_injector::credentials::refresh::mint_once(&gcp_config(), "other", &env)
+    let error = pullsecret_injector::refresh::mint_once(&gcp_config(), "other", &env)
         .await
         .unwrap_err();
     assert!(

@@ -12,7 +12,6 @@ pub mod ecr;
 pub mod gcp;
 pub mod http;
 pub mod plugin;
-pub mod refresh;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +20,6 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::rules::validate_secret_name;
 
 /// Where one secret's credentials come from (the config's `secrets:` map): a map with exactly
@@ -268,19 +266,6 @@ pub struct MintEnv<'a> {
     pub metadata_host: &'a str,
     /// Longest a plugin may run.
     pub plugin_timeout: Duration,
-}
-
-/// The registry keys a minted secret's `auths` get: the matches of the rules that name it,
-/// in normalized form (`host[:port][/path]`), each once.
-pub fn registry_keys(config: &Config, secret: &str) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    for rule in config.rules().iter().filter(|r| r.secret() == secret) {
-        let key = rule.key();
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys
 }
 
 /// Mints credentials for `secret` from `source`, for `keys`.

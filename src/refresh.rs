@@ -22,9 +22,9 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use tokio::time::Instant;
 
-use super::http::HttpClient;
-use super::{KeyRef, MintEnv, MintError, Minted, Source, mint, registry_keys};
 use crate::config::Config;
+use crate::credentials::http::HttpClient;
+use crate::credentials::{KeyRef, MintEnv, MintError, Minted, Source, mint};
 use crate::metrics::Metrics;
 use crate::names::{
     APP_NAME, CREDENTIAL_SOURCE_ANNOTATION, DOCKER_CONFIG_JSON, EXPIRES_AT_ANNOTATION,
@@ -176,7 +176,7 @@ impl Refresher {
                 if schedule.next > now {
                     continue;
                 }
-                let keys = registry_keys(&config, name);
+                let keys = config.registry_keys(name);
                 match self.refresh(name, source, &keys).await {
                     Ok(outcome) => {
                         let in_force = match outcome {
@@ -447,6 +447,6 @@ pub async fn mint_once(
             "the config has no credential source for {name:?} (its `secrets:` map)"
         ))
     })?;
-    let keys = registry_keys(config, name);
+    let keys = config.registry_keys(name);
     Ok(mint(source, &keys, env).await?)
 }
