@@ -26,6 +26,7 @@ fn main() {
         ("moto_server", "has_moto"),
         ("docker-registry", "has_registry"),
         ("htpasswd", "has_htpasswd"),
+        ("promtool", "has_promtool"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if ci || on_path(tool) {

@@ -595,6 +595,169 @@ fn minted_sources_reach_the_config_and_the_key_stays_home() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_helm, has_promtool)),
+    ignore = "needs helm and promtool on PATH (bash .ci/run installs them)"
+)]
+fn alert_rules_pass_promtool() {
+    let helm = tool("helm");
+    let rendered = template(
+        &helm,
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+    )
+    .unwrap();
+    let rule = documents(&rendered).remove(0);
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml_ng::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        data_path("alerts-test.yaml"),
+        dir.path().join("alerts-test.yaml"),
+    )
+    .unwrap();
+    let promtool = tool("promtool");
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "alerts-test.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Off by default; a threshold reaches the rules.
+    assert!(
+        render_default(&helm)
+            .iter()
+            .all(|d| d["kind"] != "PrometheusRule")
+    );
+    let tuned = template(
+        &helm,
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.credentialExpiryHours=6",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+    )
+    .unwrap();
+    assert!(tuned.contains("< 6 * 3600"), "{tuned}");
+}
+
+/// Every `pullsecret_injector_*` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("pullsecret_injector_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn dashboard_and_alerts_query_metrics_the_binary_exports() {
+    use pullsecret_injector::metrics::Metrics;
+    // Every family, used once so that each shows up in the exposition.
+    let metrics = Metrics::new();
+    let now = std::time::SystemTime::now();
+    metrics.review(
+        pullsecret_injector::admission::Outcome::Patched,
+        std::time::Duration::from_micros(5),
+        &["s".to_owned()],
+        1,
+    );
+    metrics.rejected("malformed");
+    metrics.config_reload(true);
+    metrics.certificate_reload(true);
+    metrics.sync_applied("s");
+    metrics.sync_deleted("s");
+    metrics.sync_conflict("s");
+    metrics.sync_error("forbidden");
+    metrics.sync_success(1);
+    metrics.sync_verified("start");
+    metrics.kube_api_request("GET", 200);
+    metrics.repair("evicted");
+    metrics.credential_refresh("s", "success");
+    metrics.credential_expiry("s", now);
+    metrics.credential_check("s", "ghcr.io", "ok", now);
+    let exported: std::collections::BTreeSet<String> = metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("files/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 12, "a panel per concern");
+    let rules = std::fs::read_to_string(chart_dir().join("files/prometheus-rules.yaml")).unwrap();
+    for (what, names) in [
+        ("dashboard", metric_names(&exprs.join("\n"))),
+        ("alerts", metric_names(&rules)),
+    ] {
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "the {what} queries {name}, which the binary does not export"
+            );
+        }
+    }
+    // The chart ships the dashboard for Grafana's sidecar.
+    let helm = tool("helm");
+    let docs =
+        documents(&template(&helm, &["--set", "metrics.grafanaDashboard.enabled=true"]).unwrap());
+    let map = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-dashboard")
+        })
+        .expect("the dashboard ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(map["data"]["pullsecret-injector.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, dashboard);
+}
+
+#[test]
 #[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
 fn disruption_budget_only_with_several_replicas() {
     let helm = tool("helm");
