@@ -170,10 +170,19 @@ async fn load_keyrings(
         }
         return Ok(vec![(secrets[0].to_owned(), ring)]);
     }
+    keyrings_from_cluster(args.namespace.as_deref(), secrets).await
+}
+
+/// The keyrings of `secrets` as they are in `namespace` (the kubeconfig's by default); a
+/// secret that is not there is said so and left out.
+pub async fn keyrings_from_cluster(
+    namespace: Option<&str>,
+    secrets: &[&str],
+) -> anyhow::Result<Vec<(String, Keyring)>> {
     let client = kube::Client::try_default()
         .await
         .context("no cluster to read the secrets from (or give --secret-file)")?;
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = match &args.namespace {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = match namespace {
         Some(ns) => kube::Api::namespaced(client, ns),
         None => kube::Api::default_namespaced(client),
     };

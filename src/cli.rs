@@ -132,6 +132,10 @@ pub struct CheckConfigArgs {
     /// warn about rules whose images it has no auth entry for. Repeatable.
     #[arg(long, value_name = "NAME=FILE")]
     pub secret_file: Vec<String>,
+    /// Read every secret of the config from this namespace of the cluster, for the same
+    /// warnings.
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 /// Parses the command line and runs it.
@@ -261,12 +265,27 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     for w in &warnings {
         writeln!(out, "warning: {w}")?;
     }
+    let mut keyrings = Vec::new();
     for spec in &args.secret_file {
         let (name, file) = spec
             .split_once('=')
             .with_context(|| format!("--secret-file {spec:?}: expected NAME=FILE"))?;
         let text = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
         let ring = crate::check_pull::keyring_of_file(&text).with_context(|| file.to_owned())?;
+        keyrings.push((name.to_owned(), ring));
+    }
+    if let Some(namespace) = &args.namespace {
+        let names: Vec<&str> = config.secrets().iter().map(String::as_str).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        keyrings.extend(runtime.block_on(crate::check_pull::keyrings_from_cluster(
+            Some(namespace),
+            &names,
+        ))?);
+    }
+    for (name, ring) in &keyrings {
         let keys = ring.keys().collect::<Vec<_>>().join(", ");
         for (i, rule) in config.rules().iter().enumerate() {
             if rule.secret() != name {

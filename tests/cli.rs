@@ -568,3 +568,36 @@ fn check_config_warns_when_a_secret_has_no_entry_for_its_rule() {
         "the legacy Docker Hub key covers docker.io: {text}"
     );
 }
+
+#[test]
+fn check_commands_without_a_cluster_say_so() {
+    for args in [
+        vec!["check-config", "--namespace", "team-a"],
+        vec![
+            "check-pull",
+            "ghcr.io/acme/api:1",
+            "--namespace",
+            "team-a",
+            "--config",
+        ],
+    ] {
+        let mut command = bin();
+        command
+            .args(&args)
+            .arg(example_config())
+            .env("KUBECONFIG", "/nonexistent/kubeconfig");
+        command.env_remove("KUBERNETES_SERVICE_HOST");
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: the check itself failed"
+        );
+        assert!(
+            stderr(&out).contains("no cluster to read the secrets from"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -634,6 +634,7 @@ async fn cases(run: &mut Run) {
 
     match_condition_case(run).await;
     minted_case(run).await;
+    check_commands_case(run).await;
     sync_cases(run).await;
     webhook_down_case(run).await;
     repair_case(run).await;
@@ -1111,5 +1112,65 @@ async fn minted_case(run: &Run) {
             .get("pullsecret-injector.io/credential-source")
             .map(String::as_str),
         Some("credentialProvider")
+    );
+}
+
+/// Case 13: `check-config --namespace` and `check-pull --namespace` read the copies through
+/// the cluster. The registry itself may be out of reach from here: only the steps up to it are
+/// asserted, and that the verdict is one of the registry's.
+async fn check_commands_case(run: &Run) {
+    eventually("the copy in the opted-in namespace", || async {
+        run.secrets(&run.ns_a)
+            .get_opt("gar-pull")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .arg("check-config")
+        .arg(run.config_path())
+        .args(["--namespace", &run.ns_a])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "case 13: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("warning: rule 1 "),
+        "case 13: gar-pull covers its rule: {text}"
+    );
+    assert!(
+        text.contains("secret local-registry: not in the namespace"),
+        "case 13: {text}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args([
+            "check-pull",
+            GAR_IMAGE,
+            "--timeout",
+            "5s",
+            "--namespace",
+            &run.ns_a,
+        ])
+        .arg("--config")
+        .arg(run.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(
+            "auth entry: \"asia-northeast1-docker.pkg.dev\" of secret gar-pull (user _json_key)"
+        ),
+        "case 13: {text}"
+    );
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        [0, 10, 11, 12, 14, 15].contains(&code),
+        "case 13: exit {code}: {text}"
     );
 }
