@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::api::Api;
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -290,27 +290,15 @@ impl Checker {
         if previous.is_some_and(|p| p != Verdict::WouldPull) {
             return;
         }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "PullCredentialFailed".to_owned(),
-            note: Some(format!(
+        crate::kube_client::warn_on_secret(
+            &self.recorder,
+            (&self.namespace, secret),
+            ("PullCredentialFailed", "Check"),
+            format!(
                 "the credentials of {secret} fail against {registry}: {verdict} (check-pull shows the steps)"
-            )),
-            action: "Check".to_owned(),
-            secondary: None,
-        };
-        let reference = Secret {
-            metadata: ObjectMeta {
-                name: Some(secret.clone()),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Secret::default()
-        }
-        .object_ref(&());
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "cannot record the credential check event");
-        }
+            ),
+        )
+        .await;
     }
 }
 

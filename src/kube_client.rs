@@ -72,6 +72,36 @@ pub fn recorder(client: &Client) -> kube::runtime::events::Recorder {
     kube::runtime::events::Recorder::new(client.clone(), reporter)
 }
 
+/// Records a Warning Event on the Secret `namespace/name`; a failure to record it is only
+/// logged at debug (Events are best effort).
+pub async fn warn_on_secret(
+    recorder: &kube::runtime::events::Recorder,
+    (namespace, name): (&str, &str),
+    (reason, action): (&str, &str),
+    note: String,
+) {
+    use kube::Resource as _;
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    let reference = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..kube::api::ObjectMeta::default()
+        },
+        ..Default::default()
+    }
+    .object_ref(&());
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        tracing::debug!(%error, reason, "cannot record an event");
+    }
+}
+
 /// kube-rs' retries (429, 503, 504, honouring `Retry-After`) around the budget around the
 /// service, so every attempt waits its turn. The buffer makes kube-rs' boxed stack cloneable,
 /// as retries need.

@@ -18,8 +18,8 @@ use futures::FutureExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::Recorder;
+use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -367,28 +367,16 @@ impl Refresher {
             },
         );
         tracing::error!(secret = %name, source = source.kind(), %error, "renewing the credentials failed and {until}");
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "PullCredentialRefreshFailed".to_owned(),
-            note: Some(format!(
+        crate::kube_client::warn_on_secret(
+            &self.recorder,
+            (&self.namespace, name),
+            ("PullCredentialRefreshFailed", "Refresh"),
+            format!(
                 "minting {name} from its {} source failed ({error}); {until}",
                 source.kind()
-            )),
-            action: "Refresh".to_owned(),
-            secondary: None,
-        };
-        let reference = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Secret::default()
-        }
-        .object_ref(&());
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "cannot record the refresh event");
-        }
+            ),
+        )
+        .await;
     }
 }
 

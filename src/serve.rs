@@ -216,7 +216,7 @@ where
     let client = match kube_client::connect(&args.kube, metrics.clone()).await {
         Ok(client) => client,
         Err(error) => {
-            tracing::info!(%error, "no cluster reachable: the webhook runs alone, without the secret sync or the repair");
+            tracing::info!(%error, "no cluster reachable: the webhook runs alone, without the secret sync, credential renewal and checks, or the repair");
             return Verifier::disabled();
         }
     };
