@@ -52,6 +52,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiLabels {
     method: String,
     /// The HTTP status; 0 when no answer came.
@@ -81,6 +86,8 @@ pub struct Metrics {
     credential_expiry: Family<SecretLabels, Gauge>,
     credential_checks: Family<CheckLabels, Gauge>,
     credential_check_time: Family<RegistryLabels, Gauge>,
+    leader: Gauge,
+    task_restarts: Family<TaskLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -217,6 +224,18 @@ impl Metrics {
                 "Unix time of the last credential check of a source against a registry",
                 Family::default(),
             ),
+            leader: register(
+                r,
+                "leader",
+                "1 on the replica holding the leader Lease (it runs the sync, renewals, checks and repair), else 0",
+                Gauge::default(),
+            ),
+            task_restarts: register(
+                r,
+                "task_restarts",
+                "Background tasks restarted after they stopped or panicked, by task",
+                Family::default(),
+            ),
             registry: std::mem::take(r),
         };
         // Every outcome is exported from the start, at 0.
@@ -291,6 +310,14 @@ impl Metrics {
         self.sync_verifications
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    pub fn task_restarted(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabels { task }).inc();
     }
 
     pub fn repair(&self, result: &'static str) {

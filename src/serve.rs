@@ -1,7 +1,7 @@
-//! The `serve` command: loads config and certificates, starts the servers, the reload loop
-//! and the sync, and runs the shutdown sequence on SIGTERM/SIGINT.
+//! The `serve` command: loads config and certificates, starts the servers and the supervised
+//! tasks (the reload loop; with a cluster, the leader election, the leader's background work
+//! and the read-back on admission), and runs the shutdown sequence on SIGTERM/SIGINT.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,16 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use futures::StreamExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::credential_check::{CheckArgs, Checker};
 use crate::credentials::http::HttpClient;
 use crate::kube_client::{self, KubeArgs};
+use crate::leader::{Election, LeaderArgs};
 use crate::metrics::Metrics;
 use crate::refresh::{CredentialArgs, Refresher};
 use crate::repair::{self, RepairArgs};
 use crate::server::{self, AppState, Limits};
+use crate::supervise::Tasks;
 use crate::sync::{self, SyncArgs, Verifier};
 use crate::tls::{self, CertResolver, TlsArgs};
 use crate::watch::{ConfigStore, Reload, load_config};
@@ -54,6 +57,8 @@ pub struct ServeArgs {
     pub checks: CheckArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     /// After SIGTERM, keep serving (unready) this long so load balancers and the API server
     /// stop sending new connections, before draining.
     #[arg(long, env = "PSI_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -85,6 +90,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let signals = Signals::new()?;
+    // Cancelled when draining starts: the servers drain, every task stops, the Lease is
+    // given up.
+    let shutdown = CancellationToken::new();
+    let mut tasks = Tasks::new(shutdown.clone(), metrics.clone());
 
     // Load what the webhook answers with, and keep it current.
     let config = load_config(&args.config)?;
@@ -92,19 +101,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::new(ConfigStore::new(config));
     let resolver = Arc::new(CertResolver::new(args.tls.load()?));
     let tls_config = tls::server_config(resolver.clone())?;
-    tokio::spawn(
-        Reload {
-            config_path: args.config.clone(),
-            config: store.clone(),
-            certificate: args
-                .tls
-                .files()
-                .map(|(cert, key)| (cert.to_owned(), key.to_owned(), resolver)),
-            metrics: metrics.clone(),
-            poll: args.reload_interval,
+    let reload = Reload {
+        config_path: args.config.clone(),
+        config: store.clone(),
+        certificate: args
+            .tls
+            .files()
+            .map(|(cert, key)| (cert.to_owned(), key.to_owned(), resolver)),
+        metrics: metrics.clone(),
+        poll: args.reload_interval,
+    };
+    tasks.spawn("reload", move |stop| {
+        let reload = reload.clone();
+        async move {
+            tokio::select! {
+                () = reload.run() => {}
+                () = stop.cancelled() => {}
+            }
         }
-        .run(),
-    );
+    });
 
     // Bind both ports before anything is reported ready.
     let listener = server::bind(args.listen).await?;
@@ -112,11 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listen = listener.local_addr().unwrap_or(args.listen);
     let metrics_listen = metrics_listener.local_addr().unwrap_or(args.metrics_listen);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let verifier = start_cluster_tasks(&args, &store, &metrics, || stopped(stop_rx.clone())).await;
+    let verifier = start_cluster_tasks(&args, &store, &metrics, &mut tasks).await;
 
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
@@ -136,7 +147,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics_task = tokio::spawn(server::serve_metrics(
         metrics_listener,
         metrics,
-        stopped(stop_rx.clone()),
+        shutdown.clone().cancelled_owned(),
     ));
 
     ready.store(true, Ordering::Release);
@@ -150,7 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         signals,
         ready,
         args.shutdown_delay,
-        stop_tx.clone(),
+        shutdown.clone(),
     ));
 
     let drained = server::serve_tls(
@@ -158,14 +169,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tls_config,
         app,
         limits,
-        stopped(stop_rx),
+        shutdown.clone().cancelled_owned(),
         args.shutdown_grace,
     )
     .await;
     if !drained {
         tracing::warn!(grace = ?args.shutdown_grace, "connections still open after the grace period; exiting anyway");
     }
-    let _ = stop_tx.send(true);
+    shutdown.cancel();
+    tasks.join(args.shutdown_grace).await;
     let _ = metrics_task.await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -177,7 +189,7 @@ async fn shutdown_on_signals(
     mut signals: Signals,
     ready: Arc<AtomicBool>,
     delay: Duration,
-    stop: watch::Sender<bool>,
+    shutdown: CancellationToken,
 ) {
     signals.recv().await;
     ready.store(false, Ordering::Release);
@@ -186,7 +198,7 @@ async fn shutdown_on_signals(
         () = tokio::time::sleep(delay) => {}
         () = signals.recv() => abort(),
     }
-    let _ = stop.send(true);
+    shutdown.cancel();
     signals.recv().await;
     abort();
 }
@@ -196,17 +208,15 @@ fn abort() -> ! {
     std::process::exit(130)
 }
 
-/// Starts the secret sync and the repairer, each when it is wanted and a cluster answers;
-/// the webhook's handle on the sync.
-async fn start_cluster_tasks<F>(
+/// Starts the cluster work, each part when it is wanted and a cluster answers: the leader
+/// election, and under it the sync, the refresher, the checker and the repairer; on every
+/// replica the read-back on admission. Returns the webhook's handle on the read-backs.
+async fn start_cluster_tasks(
     args: &ServeArgs,
     store: &Arc<ConfigStore>,
     metrics: &Arc<Metrics>,
-    stop: impl Fn() -> F,
-) -> Verifier
-where
-    F: Future<Output = ()> + Send + 'static,
-{
+    tasks: &mut Tasks,
+) -> Verifier {
     if args.no_sync {
         tracing::info!("secret sync is off (--no-sync)");
     }
@@ -220,56 +230,116 @@ where
             return Verifier::disabled();
         }
     };
+    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    let (election, leadership) = Election::new(
+        client.clone(),
+        namespace.clone(),
+        args.leader.clone(),
+        metrics.clone(),
+    );
+    let election = Arc::new(election);
+    tasks.spawn("leader-election", move |stop| {
+        let election = election.clone();
+        async move { election.run(stop).await }
+    });
+
     if args.repair.enabled {
-        tokio::spawn(repair::run(
+        let (client, store, metrics, repair) = (
             client.clone(),
             store.clone(),
             metrics.clone(),
             args.repair.clone(),
-            stop(),
-        ));
+        );
+        tasks.spawn_leading("repair", leadership.clone(), move |stop| {
+            repair::run(
+                client.clone(),
+                store.clone(),
+                metrics.clone(),
+                repair.clone(),
+                stop.cancelled_owned(),
+            )
+        });
     }
     if args.no_sync {
         return Verifier::disabled();
     }
-    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
     // Minted secrets' sources are written here and copied by the sync like any other.
     match HttpClient::new(Duration::from_secs(30)) {
         Ok(http) => {
-            let refresher = Refresher::new(
+            let (client, namespace, store, metrics, credentials) = (
+                client.clone(),
+                namespace.clone(),
+                store.clone(),
+                metrics.clone(),
+                args.credentials.clone(),
+            );
+            let checker_parts = (
                 client.clone(),
                 namespace.clone(),
                 store.clone(),
                 metrics.clone(),
                 http.clone(),
-                args.credentials.clone(),
+                args.checks.clone(),
             );
-            tokio::spawn(refresher.run(stop()));
-            let checker = Checker::new(
-                client.clone(),
-                namespace.clone(),
-                store.clone(),
-                metrics.clone(),
-                http,
-                &args.checks,
-            );
-            tokio::spawn(checker.run(stop()));
+            tasks.spawn_leading("refresh", leadership.clone(), move |stop| {
+                Refresher::new(
+                    client.clone(),
+                    namespace.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    http.clone(),
+                    credentials.clone(),
+                )
+                .run(stop.cancelled_owned())
+            });
+            tasks.spawn_leading("credential-check", leadership.clone(), move |stop| {
+                let (client, namespace, store, metrics, http, checks) = checker_parts.clone();
+                Checker::new(client, namespace, store, metrics, http, &checks)
+                    .run(stop.cancelled_owned())
+            });
         }
         Err(error) => {
             tracing::error!(%error, "cannot load the system's TLS roots: minted secrets are not renewed");
         }
     }
-    tracing::info!(%namespace, "secret sync starting");
+    tracing::info!(%namespace, "secret sync starts on the leader");
+    {
+        let (client, namespace, store, metrics, sync) = (
+            client.clone(),
+            namespace.clone(),
+            store.clone(),
+            metrics.clone(),
+            args.sync.clone(),
+        );
+        tasks.spawn_leading("sync", leadership, move |stop| {
+            sync::run(
+                client.clone(),
+                namespace.clone(),
+                store.clone(),
+                metrics.clone(),
+                sync.clone(),
+                stop.cancelled_owned(),
+            )
+        });
+    }
     let (verifier, requests) = Verifier::new(args.sync.verify_on_admission);
-    tokio::spawn(sync::run(
-        client,
-        namespace,
-        store.clone(),
-        metrics.clone(),
-        args.sync.clone(),
-        requests,
-        stop(),
-    ));
+    // One receiver for the task's every start.
+    let requests = Arc::new(tokio::sync::Mutex::new(requests));
+    let (store, metrics) = (store.clone(), metrics.clone());
+    tasks.spawn("read-back", move |stop| {
+        let (client, namespace, store, metrics, requests) = (
+            client.clone(),
+            namespace.clone(),
+            store.clone(),
+            metrics.clone(),
+            requests.clone(),
+        );
+        async move {
+            let mut requests = requests.lock().await;
+            let requests = (&mut *requests).take_until(stop.cancelled());
+            sync::run_read_backs(client, namespace, store, metrics, requests).await;
+        }
+    });
     verifier
 }
 

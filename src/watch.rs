@@ -117,6 +117,7 @@ impl ConfigStore {
 }
 
 /// What the reload loop keeps current.
+#[derive(Clone)]
 pub struct Reload {
     pub config_path: PathBuf,
     pub config: Arc<ConfigStore>,

@@ -564,14 +564,12 @@ async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_by
         CredentialArgs::default(),
     );
     let refresh_task = tokio::spawn(refresher.run(stopped(stop_rx.clone())));
-    let (_verifier, requests) = pullsecret_injector::sync::Verifier::new(Duration::ZERO);
     let sync_task = tokio::spawn(pullsecret_injector::sync::run(
         api.client(),
         OWN_NS.to_owned(),
         store,
         metrics.clone(),
         pullsecret_injector::sync::SyncArgs::default(),
-        requests,
         stopped(stop_rx),
     ));
 

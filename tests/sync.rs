@@ -263,26 +263,6 @@ async fn a_copy_edited_by_someone_is_restored_at_its_read_back() {
     assert_eq!(h.copy("team-a", "gar-pull").unwrap()["data"], data_of(&src));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_deleted_copy_is_restored_at_once_when_the_webhook_asks() {
-    let src = source("gar-pull", names::DOCKER_CONFIG_JSON, "p");
-    let h = Harness::new(&["gar-pull"], vec![src.clone()]);
-    let ns = namespace("team-a", true);
-    h.reconcile(&ns).await.unwrap();
-    h.api.delete_secret("team-a", "gar-pull");
-    h.reconcile(&ns).await.unwrap();
-    assert!(
-        h.copy("team-a", "gar-pull").is_none(),
-        "not due yet: no read"
-    );
-    h.ctx.request_verify("team-a");
-    h.reconcile(&ns).await.unwrap();
-    assert_eq!(h.copy("team-a", "gar-pull").unwrap()["data"], data_of(&src));
-    assert!(h.metrics.encode().contains(
-        "pullsecret_injector_sync_namespace_verifications_total{reason=\"admission\"} 1"
-    ));
-}
-
 #[tokio::test]
 async fn opting_out_removes_our_copies_only() {
     let h = Harness::new(

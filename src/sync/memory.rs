@@ -51,7 +51,6 @@ struct Namespace {
     /// By secret name; the names are shared with every other namespace (see [`Memory::name`]).
     copies: Vec<(Arc<str>, Known)>,
     verified_at: Option<Instant>,
-    verify_requested: bool,
     /// Not opted in, and known to hold none of our copies.
     clean: bool,
 }
@@ -63,8 +62,6 @@ pub enum Verify {
     Start,
     /// Its slot in the resync interval came.
     Resync,
-    /// The webhook just injected one of its secrets.
-    Admission,
 }
 
 impl Verify {
@@ -72,7 +69,6 @@ impl Verify {
         match self {
             Self::Start => "start",
             Self::Resync => "resync",
-            Self::Admission => "admission",
         }
     }
 }
@@ -170,12 +166,6 @@ impl Memory {
         entry.copies.clear();
         entry.clean = true;
         entry.verified_at = Some(now);
-        entry.verify_requested = false;
-    }
-
-    /// The webhook asks that `ns`'s copies be read back at its next reconcile.
-    pub fn request_verify(&self, ns: &str) {
-        self.lock().entry(ns.into()).or_default().verify_requested = true;
     }
 
     /// Whether `ns`'s copies are to be read back now, and why. An opted-in namespace never
@@ -183,12 +173,8 @@ impl Memory {
     /// its slot of the first interval, so a start costs nothing for namespaces the injector
     /// does not serve.
     pub fn due(&self, ns: &str, opted_in: bool, now: Instant) -> Option<Verify> {
-        let all = self.lock();
-        let entry = all.get(ns);
-        if entry.is_some_and(|n| n.verify_requested) {
-            return Some(Verify::Admission);
-        }
-        match entry.and_then(|n| n.verified_at) {
+        let verified_at = self.lock().get(ns).and_then(|n| n.verified_at);
+        match verified_at {
             None if opted_in || now >= self.first_slot(ns) => Some(Verify::Start),
             None => None,
             Some(at) if now >= self.next_slot(ns, at) => Some(Verify::Resync),
@@ -200,7 +186,6 @@ impl Memory {
         let mut all = self.lock();
         let entry = all.entry(ns.into()).or_default();
         entry.verified_at = Some(now);
-        entry.verify_requested = false;
     }
 
     /// How long until `ns` is due.
@@ -295,8 +280,6 @@ mod tests {
         assert_eq!(memory.due("b", false, later), Some(Verify::Start));
         memory.verified("a", now);
         assert_eq!(memory.due("a", true, now), None);
-        memory.request_verify("a");
-        assert_eq!(memory.due("a", true, now), Some(Verify::Admission));
         let slot = now + memory.next_check("a", now);
         memory.verified("a", now);
         assert_eq!(memory.due("a", true, slot), Some(Verify::Resync));

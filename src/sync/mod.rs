@@ -11,12 +11,13 @@
 //!   labelled namespace one read or create per secret, an opted-out one a delete per copy;
 //! - drift is found by reading every copy back once per `--resync-interval`, each namespace at
 //!   its own slot, so the reads come at an even rate; and right away in a namespace where the
-//!   webhook just injected a secret (`--verify-on-admission`), so a deleted copy is back
-//!   before the kubelet pulls.
+//!   webhook just injected a secret (`--verify-on-admission`, see [`Verifier`]), so a deleted
+//!   copy is back before the kubelet pulls.
 //!
-//! Several replicas may run this at once: every write is an idempotent apply of the same
-//! content, guarded by a resourceVersion or uid precondition, or a create that fails when the
-//! copy exists.
+//! The sync runs on the replica holding the leader Lease; the read-back on admission runs on
+//! every replica. Two writers may still meet (a read-back, a leader change): every write is
+//! an idempotent apply of the same content, guarded by a resourceVersion or uid
+//! precondition, or a create that fails when the copy exists.
 
 mod memory;
 mod reconcile;
@@ -31,14 +32,14 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 pub use reconcile::{
     Context, Error, NamespaceMeta, content_hash, copy_of, error_policy, is_opted_in, reconcile,
 };
-pub use verify::Verifier;
+pub use verify::{Verifier, run as run_read_backs};
 
 use crate::metrics::Metrics;
 use crate::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, INJECT_LABEL};
@@ -48,11 +49,12 @@ use crate::watch::ConfigStore;
 pub struct SyncArgs {
     /// How often every copy is read back to repair drift, each namespace at its own slot of
     /// the interval (events, rotations and new namespaces are handled at once regardless).
-    /// Every replica reads back on its own.
+    /// Only the leader reads back, so this holds however many replicas run.
     #[arg(long, env = "PSI_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
     /// When the webhook injects a secret into a Pod, read that namespace's copies back right
-    /// then, at most once per this interval per namespace; 0s turns it off.
+    /// then, and again at the end of this interval if more Pods came meanwhile (a read-back
+    /// per namespace at the start and at the end of each interval at most); 0s turns it off.
     #[arg(long, env = "PSI_VERIFY_ON_ADMISSION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub verify_on_admission: Duration,
     /// Namespaces reconciled at once.
@@ -70,15 +72,13 @@ impl Default for SyncArgs {
     }
 }
 
-/// Runs the sync until `stop` completes. `verify` carries the namespaces the webhook asks to
-/// have read back (see [`Verifier`]).
+/// Runs the sync until `stop` completes.
 pub async fn run(
     client: Client,
     namespace: String,
     config: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
     args: SyncArgs,
-    verify: impl futures::Stream<Item = String> + Send + 'static,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let stop = stop.shared();
@@ -149,13 +149,6 @@ pub async fn run(
             previous = current;
         })
     };
-    let verify_requests = {
-        let ctx = ctx.clone();
-        verify.map(move |ns| {
-            ctx.request_verify(&ns);
-            ObjectRef::new(&ns)
-        })
-    };
 
     let (namespaces, ns_writer) = reflector::store::<NamespaceMeta>();
     let deleted_ctx = ctx.clone();
@@ -176,7 +169,6 @@ pub async fn run(
     Controller::for_stream(namespace_events, namespaces)
         .with_config(controller::Config::default().concurrency(args.sync_concurrency.max(1)))
         .reconcile_all_on(futures::stream::select(changed_rx, config_changes))
-        .reconcile_on(verify_requests)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -118,11 +118,6 @@ impl Context {
         }
     }
 
-    /// The webhook asks that `namespace`'s copies be read back at its next reconcile.
-    pub fn request_verify(&self, namespace: &str) {
-        self.memory.request_verify(namespace);
-    }
-
     /// A deleted namespace: nothing of it to remember.
     pub fn namespace_deleted(&self, namespace: &str) {
         self.memory.forget_namespace(namespace);
@@ -165,7 +160,7 @@ pub fn is_opted_in(ns: &impl Resource) -> bool {
         && ns.meta().deletion_timestamp.is_none()
 }
 
-fn is_managed(secret: &Secret) -> bool {
+pub(super) fn is_managed(secret: &Secret) -> bool {
     secret.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(APP_NAME)
 }
 

@@ -5,7 +5,9 @@
 //! `get`, server-side apply, `create`, `delete` with uid/resourceVersion preconditions, an
 //! immutable Secret type; and Pods for the repairer: a cluster-wide list and watch with a
 //! `status.phase` field selector, and the Eviction API with a uid precondition and
-//! PodDisruptionBudget refusals. It can add latency, delay one collection's list, answer with
+//! PodDisruptionBudget refusals; and Leases for the leader election: `get`, `create`, and
+//! both patches the election sends (a strategic merge, where `null` removes a field, and a
+//! server-side apply that conflicts, without `force`, with another manager's holder). It can add latency, delay one collection's list, answer with
 //! injected faults (429 with `Retry-After`, 5xx), and it logs every request.
 #![allow(dead_code)]
 
@@ -59,6 +61,9 @@ pub struct State {
     pub secrets: BTreeMap<(String, String), Value>,
     pub pods: BTreeMap<(String, String), Value>,
     pub events: Vec<Value>,
+    pub leases: BTreeMap<(String, String), Value>,
+    /// The field manager owning each Lease's `spec.holderIdentity`.
+    lease_holder_owner: HashMap<(String, String), String>,
     /// Evictions answered 429, as when a PodDisruptionBudget allows no disruption.
     pub evictions_blocked: bool,
     rv: u64,
@@ -282,6 +287,13 @@ impl FakeApi {
             .collect()
     }
 
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.state()
+            .leases
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
     pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
         self.state()
             .secrets
@@ -341,6 +353,12 @@ impl FakeApi {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let metadata_only = parts
             .headers
             .get(http::header::ACCEPT)
@@ -403,6 +421,40 @@ impl FakeApi {
                     watch,
                     metadata_only,
                 );
+            }
+            (
+                "POST",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                ],
+            ) => {
+                let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                let key = (ns.to_string(), name.to_owned());
+                self.state().create_lease(key, body)
+            }
+            (
+                _,
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "leases",
+                    name,
+                ],
+            ) => {
+                let key = (ns.to_string(), name.to_string());
+                let apply = content_type.starts_with("application/apply-patch");
+                let manager = query.get("fieldManager").cloned().unwrap_or_default();
+                let force = query.get("force").is_some_and(|f| f == "true");
+                self.state()
+                    .lease_request(method, key, body, apply.then_some((manager, force)))
             }
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
                 self.state().events.push(body.clone());
@@ -635,6 +687,97 @@ impl State {
         self.record(&format!("secrets/{}", key.0), "ADDED", body.clone());
         self.secrets.insert(key, body.clone());
         (201, body)
+    }
+
+    fn create_lease(&mut self, key: (String, String), mut body: Value) -> (u16, Value) {
+        if self.leases.contains_key(&key) {
+            return status(
+                409,
+                "AlreadyExists",
+                &format!("leases \"{}\" already exists", key.1),
+            );
+        }
+        let rv = self.bump();
+        body["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        body["metadata"]["resourceVersion"] = json!(rv.to_string());
+        body["metadata"]["namespace"] = json!(key.0);
+        if body.get("spec").is_none_or(Value::is_null) {
+            body["spec"] = json!({});
+        }
+        self.leases.insert(key, body.clone());
+        (201, body)
+    }
+
+    /// `apply` is the field manager and force flag of a server-side apply; a strategic merge
+    /// patch otherwise.
+    fn lease_request(
+        &mut self,
+        method: &str,
+        key: (String, String),
+        body: Value,
+        apply: Option<(String, bool)>,
+    ) -> (u16, Value) {
+        let not_found = status(
+            404,
+            "NotFound",
+            &format!("leases.coordination.k8s.io \"{}\" not found", key.1),
+        );
+        match method {
+            "GET" => self
+                .leases
+                .get(&key)
+                .cloned()
+                .map_or(not_found, |l| (200, l)),
+            "PATCH" => {
+                if !self.leases.contains_key(&key) {
+                    if apply.is_none() {
+                        return not_found;
+                    }
+                    let mut lease = json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": { "name": key.1 }, "spec": {} });
+                    self.create_lease(key.clone(), lease.take());
+                }
+                let wanted = &body["spec"]["holderIdentity"];
+                let Some(existing) = self.leases.get(&key) else {
+                    return not_found;
+                };
+                let holder = &existing["spec"]["holderIdentity"];
+                if let Some((manager, force)) = &apply
+                    && !force
+                    && wanted.is_string()
+                    && holder.is_string()
+                    && holder != wanted
+                    && self.lease_holder_owner.get(&key) != Some(manager)
+                {
+                    return status(
+                        409,
+                        "Conflict",
+                        "Apply failed with 1 conflict: conflict with another manager: .spec.holderIdentity",
+                    );
+                }
+                if wanted.is_string() {
+                    let manager = apply.as_ref().map(|(m, _)| m.clone()).unwrap_or_default();
+                    self.lease_holder_owner.insert(key.clone(), manager);
+                } else if wanted.is_null() && body["spec"].get("holderIdentity").is_some() {
+                    self.lease_holder_owner.remove(&key);
+                }
+                let rv = self.bump();
+                let Some(existing) = self.leases.get_mut(&key) else {
+                    return not_found;
+                };
+                for (field, value) in body["spec"].as_object().cloned().unwrap_or_default() {
+                    match (value.is_null(), existing["spec"].as_object_mut()) {
+                        (true, Some(spec)) => {
+                            spec.remove(&field);
+                        }
+                        _ => existing["spec"][field] = value,
+                    }
+                }
+                existing["metadata"]["resourceVersion"] = json!(rv.to_string());
+                (200, existing.clone())
+            }
+            _ => status(405, "MethodNotAllowed", method),
+        }
     }
 
     fn secret_request(&mut self, method: &str, key: (String, String), body: Value) -> (u16, Value) {
