@@ -26,6 +26,10 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
+use governor::clock::Clock;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{NotUntil, RateLimiter};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod, Secret};
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -34,7 +38,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use kube::api::{Api, PartialObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -42,6 +46,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::image::ImageRef;
+use crate::kube_client::{DirectLimiter, KeyedLimiter, TokioClock, per_minute, record_event};
 use crate::metrics::Metrics;
 use crate::names::{INJECT_LABEL, INJECT_LABEL_VALUE, MIRROR_ANNOTATION, SKIP_ANNOTATION};
 use crate::watch::ConfigStore;
@@ -237,7 +242,12 @@ pub struct Repairer {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// The Pending Pods the controller watches.
     pods: Store<Pod>,
-    args: RepairArgs,
+    /// Evictions over all namespaces: `--repair-max-per-minute`, the whole minute's worth
+    /// at once if need be.
+    overall: DirectLimiter,
+    /// Evictions per namespace: `--repair-max-per-namespace-per-minute`.
+    per_namespace: KeyedLimiter<String>,
+    clock: TokioClock,
     state: Mutex<State>,
 }
 
@@ -248,34 +258,7 @@ struct State {
     /// Owners we evicted a Pod of, by uid: when, and the uids of the Pods they had then. A
     /// Pod of theirs not among those is a replacement.
     evicted_owners: HashMap<String, (Instant, HashSet<String>)>,
-    overall: Bucket,
-    per_namespace: HashMap<String, Bucket>,
     last_prune: Option<Instant>,
-}
-
-/// A token bucket of `per_minute` tokens, refilled continuously.
-#[derive(Clone, Copy, Debug, Default)]
-struct Bucket {
-    tokens: f64,
-    at: Option<Instant>,
-}
-
-impl Bucket {
-    /// Tops the bucket up to `now`; the time until a token is there, or zero.
-    fn refill(&mut self, per_minute: u32, now: Instant) -> Duration {
-        let rate = f64::from(per_minute.max(1)) / 60.0;
-        let capacity = f64::from(per_minute.max(1));
-        self.tokens = match self.at {
-            None => capacity,
-            Some(at) => (self.tokens + now.duration_since(at).as_secs_f64() * rate).min(capacity),
-        };
-        self.at = Some(now);
-        if self.tokens >= 1.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / rate)
-        }
-    }
 }
 
 impl Repairer {
@@ -287,6 +270,9 @@ impl Repairer {
         pods: Store<Pod>,
         args: RepairArgs,
     ) -> Self {
+        let clock = TokioClock::default();
+        let overall = per_minute(args.repair_max_per_minute);
+        let per_namespace = per_minute(args.repair_max_per_namespace_per_minute);
         Self {
             recorder: crate::kube_client::recorder(&client),
             client,
@@ -294,7 +280,13 @@ impl Repairer {
             metrics,
             namespaces,
             pods,
-            args,
+            overall: RateLimiter::direct_with_clock(overall, clock.clone()),
+            per_namespace: RateLimiter::new(
+                per_namespace,
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            clock,
             state: Mutex::default(),
         }
     }
@@ -311,25 +303,22 @@ impl Repairer {
     }
 
     /// Takes an eviction token for `namespace`, or says how long until one is there.
+    ///
+    /// The namespace's limit is asked first, so a namespace at its limit takes nothing from
+    /// the others'; a namespace's eviction refused by the overall limit still counts against
+    /// that namespace (governor cannot give a cell back): it errs towards fewer evictions.
     fn take_token(&self, namespace: &str) -> Result<(), Duration> {
-        let args = &self.args;
-        let now = Instant::now();
-        let mut st = self.state();
-        let st = &mut *st;
-        let overall = st.overall.refill(args.repair_max_per_minute, now);
-        let bucket = st.per_namespace.entry(namespace.to_owned()).or_default();
-        let local = bucket.refill(args.repair_max_per_namespace_per_minute, now);
-        let wait = overall.max(local);
-        if !wait.is_zero() {
-            return Err(wait);
-        }
-        st.overall.tokens -= 1.0;
-        bucket.tokens -= 1.0;
-        Ok(())
+        let now = self.clock.now();
+        let wait = |not_until: NotUntil<Nanos>| not_until.wait_time_from(now);
+        self.per_namespace
+            .check_key(&namespace.to_owned())
+            .map_err(wait)?;
+        self.overall.check().map_err(wait)
     }
 
-    /// Forgets what is older than [`MEMORY`], at most once a minute.
-    fn prune(st: &mut State, now: Instant) {
+    /// Forgets what is older than [`MEMORY`], and the namespaces whose eviction budget is
+    /// full again, at most once a minute.
+    fn prune(&self, st: &mut State, now: Instant) {
         if st
             .last_prune
             .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
@@ -340,31 +329,16 @@ impl Repairer {
         let fresh = |at: &mut Instant| now.duration_since(*at) < MEMORY;
         st.done.retain(|_, at| fresh(at));
         st.evicted_owners.retain(|_, (at, _)| fresh(at));
-        st.per_namespace
-            .retain(|_, b| b.at.is_some_and(|at| now.duration_since(at) < MEMORY));
+        self.per_namespace.retain_recent();
     }
 
     async fn event(&self, type_: EventType, action: &str, note: String, pod: &Pod) {
-        let event = Event {
-            type_,
-            reason: EVENT_REASON.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &pod.object_ref(&())).await {
-            tracing::debug!(%error, "cannot record the repair event");
-        }
+        let reference = pod.object_ref(&());
+        let what = (EVENT_REASON, action);
+        record_event(&self.recorder, &reference, None, type_, what, note).await;
     }
 
     async fn owner_event(&self, note: String, pod: &Pod, owner: &OwnerReference) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: EVENT_REASON.to_owned(),
-            note: Some(note),
-            action: "Evict".to_owned(),
-            secondary: Some(pod.object_ref(&())),
-        };
         let reference = ObjectReference {
             api_version: Some(owner.api_version.clone()),
             kind: Some(owner.kind.clone()),
@@ -373,9 +347,17 @@ impl Repairer {
             uid: Some(owner.uid.clone()),
             ..ObjectReference::default()
         };
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "cannot record the repair event on the owner");
-        }
+        let related = Some(pod.object_ref(&()));
+        let what = (EVENT_REASON, "Evict");
+        record_event(
+            &self.recorder,
+            &reference,
+            related,
+            EventType::Normal,
+            what,
+            note,
+        )
+        .await;
     }
 
     async fn leave(&self, pod: &Pod, uid: &str, why: Leave) -> Action {
@@ -401,7 +383,7 @@ pub async fn reconcile(pod: Arc<Pod>, repairer: Arc<Repairer>) -> Result<Action,
     let now = Instant::now();
     {
         let mut st = repairer.state();
-        Repairer::prune(&mut st, now);
+        repairer.prune(&mut st, now);
         if st.done.contains_key(&uid) {
             return Ok(Action::await_change());
         }

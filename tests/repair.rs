@@ -6,6 +6,7 @@
 mod fake_api;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fake_api::FakeApi;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -547,6 +548,46 @@ async fn evictions_are_rate_limited_per_namespace_and_overall() {
     assert_eq!(h.metric("rate_limited"), 5);
     // The ones held back are looked at again, not dropped.
     assert!(actions[2..4].iter().all(|a| *a != Action::await_change()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn eviction_budgets_refill_at_their_rate_per_minute() {
+    let api = FakeApi::default();
+    with_copies(&api, &["team-a", "team-b"]);
+    let pod = |namespace: &'static str, name: &'static str| PodSpec {
+        name,
+        namespace,
+        uid: Box::leak(format!("{namespace}-{name}").into_boxed_str()),
+        ..PodSpec::default()
+    };
+    let [a0, a1, a2, a3] = ["p0", "p1", "p2", "p3"].map(|n| pod("team-a", n));
+    let [b0, b1] = ["p0", "p1"].map(|n| pod("team-b", n));
+    for p in [&a0, &a1, &a2, &a3, &b0, &b1] {
+        add(&api, p);
+    }
+    let args = RepairArgs {
+        repair_max_per_minute: 3,
+        repair_max_per_namespace_per_minute: 2,
+        ..RepairArgs::default()
+    };
+    let h = Harness::new(&api, args);
+    let held = |seconds| Action::requeue(Duration::from_secs(seconds));
+
+    assert_eq!(h.reconcile(&a0).await, Action::await_change());
+    assert_eq!(h.reconcile(&a1).await, Action::await_change());
+    // Two a minute in team-a: the next one in 30 s.
+    assert_eq!(h.reconcile(&a2).await, held(30));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(h.reconcile(&a2).await, Action::await_change());
+    assert_eq!(h.reconcile(&a3).await, held(30));
+    // Three a minute overall, one back every 20 s: after four in 30 s, the next at 40 s.
+    assert_eq!(h.reconcile(&b0).await, Action::await_change());
+    assert_eq!(h.reconcile(&b1).await, held(10));
+    assert_eq!(
+        api.evictions(),
+        ["team-a/p0", "team-a/p1", "team-a/p2", "team-b/p0"]
+    );
+    assert_eq!(h.metric("rate_limited"), 3);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use kube::api::{
     Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -485,22 +485,18 @@ async fn report_conflict(ctx: &Context, existing: &Secret) {
     let ns = existing.namespace().unwrap_or_default();
     ctx.metrics.sync_conflict(&name);
     tracing::warn!(namespace = %ns, secret = %name, "a Secret of this name exists and is not managed by pullsecret-injector; left as it is");
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "PullSecretConflict".to_owned(),
-        note: Some(format!(
-            "Secret {ns}/{name} is not managed by pullsecret-injector (no label {MANAGED_BY_LABEL}={APP_NAME}), so it was not overwritten; Pods will use it as it is"
-        )),
-        action: "Sync".to_owned(),
-        secondary: None,
-    };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &existing.object_ref(&()))
-        .await
-    {
-        tracing::debug!(%error, "cannot record the conflict event");
-    }
+    let note = format!(
+        "Secret {ns}/{name} is not managed by pullsecret-injector (no label {MANAGED_BY_LABEL}={APP_NAME}), so it was not overwritten; Pods will use it as it is"
+    );
+    crate::kube_client::record_event(
+        &ctx.recorder,
+        &existing.object_ref(&()),
+        None,
+        EventType::Warning,
+        ("PullSecretConflict", "Sync"),
+        note,
+    )
+    .await;
 }
 
 /// The copy we want in `namespace`: same name, type and data as the source, our label, and
