@@ -244,7 +244,8 @@ fn answer(state: &AppState, json: bool, body: Result<Bytes, BodyError>) -> Respo
     }
 }
 
-/// What a decision leaves behind: a read-back request to the sync, metrics, log lines.
+/// What a decision leaves behind: a read-back request to the sync, metrics, log lines (in a
+/// span that names the review once).
 fn record(state: &AppState, decision: &Decision, elapsed: Duration) {
     if decision.matched_images > 0 && !decision.dry_run {
         state.verifier.request(&decision.namespace);
@@ -255,11 +256,15 @@ fn record(state: &AppState, decision: &Decision, elapsed: Duration) {
         &decision.added,
         decision.invalid_images.len(),
     );
+    let _review = tracing::info_span!(
+        "review",
+        uid = %decision.uid,
+        namespace = %decision.namespace,
+        pod = %decision.name,
+    )
+    .entered();
     for bad in &decision.invalid_images {
         tracing::warn!(
-            uid = %decision.uid,
-            namespace = %decision.namespace,
-            pod = %decision.name,
             holder = bad.holder,
             name = %bad.name,
             image = %bad.image,
@@ -268,12 +273,9 @@ fn record(state: &AppState, decision: &Decision, elapsed: Duration) {
         );
     }
     if let Some(error) = &decision.object_error {
-        tracing::warn!(uid = %decision.uid, namespace = %decision.namespace, %error, "cannot read the Pod; allowed unchanged");
+        tracing::warn!(%error, "cannot read the Pod; allowed unchanged");
     }
     tracing::debug!(
-        uid = %decision.uid,
-        namespace = %decision.namespace,
-        pod = %decision.name,
         outcome = %decision.outcome,
         dry_run = decision.dry_run,
         images = decision.images,

@@ -263,9 +263,17 @@ fn sync_reads_back_once_per_ten_minutes_whatever_the_replicas() {
         let docs = documents(&template(&helm, args).unwrap());
         serve_args(&docs).sync.resync_interval.as_secs() / 60
     };
-    assert_eq!(minutes(&[]), 20, "two replicas by default");
+    // Only the leader reads back: the interval is not to be scaled by the replicas (which
+    // `kubectl scale` or an HPA would silently break).
+    assert_eq!(minutes(&[]), 10, "two replicas by default");
     assert_eq!(minutes(&["--set", "replicaCount=1"]), 10);
-    assert_eq!(minutes(&["--set", "replicaCount=3"]), 30);
+    assert_eq!(minutes(&["--set", "replicaCount=3"]), 10);
+    let docs = render_default(&helm);
+    assert_eq!(
+        serve_args(&docs).leader.lease_name,
+        "psi-pullsecret-injector",
+        "the Lease is named for the release"
+    );
     assert_eq!(
         minutes(&["--set", "resyncInterval=5m"]),
         5,
@@ -463,6 +471,26 @@ fn rbac_reaches_secrets_by_name_only() {
     }
     let own = find(&docs, "Role");
     assert_eq!(own["metadata"]["namespace"], "pullsecret-injector");
+    // The leader Lease: created once, then read and patched by its name, in the release
+    // namespace only; nothing cluster-wide.
+    let lease_rules: Vec<&Value> = own["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == serde_json::json!(["leases"]))
+        .collect();
+    assert_eq!(
+        lease_rules,
+        [
+            &serde_json::json!({ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] }),
+            &serde_json::json!({ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "resourceNames": ["psi-pullsecret-injector"], "verbs": ["get", "patch"] }),
+        ]
+    );
+    assert!(
+        !role.to_string().contains("leases"),
+        "no Lease rights cluster-wide"
+    );
 }
 
 #[test]
@@ -565,12 +593,13 @@ fn minted_sources_reach_the_config_and_the_key_stays_home() {
     let role = find(&docs, "Role");
     let rules = role["rules"].as_array().unwrap();
     assert!(rules.contains(&serde_json::json!({ "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ecr-plugin", "ecr-pull", "gar-pull", "gar-wi"], "verbs": ["patch"] })), "{rules:?}");
-    // Without minted sources the Role only reads.
+    // Without minted sources the Role only reads Secrets.
     let plain = render_default(&helm);
     let verbs: Vec<Value> = find(&plain, "Role")["rules"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
         .map(|r| r["verbs"].clone())
         .collect();
     assert_eq!(verbs, [serde_json::json!(["get", "list", "watch"])]);

@@ -17,6 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::memory::{Known, Memory, Verify, fingerprint};
 use crate::metrics::Metrics;
@@ -165,6 +166,7 @@ pub(super) fn is_managed(secret: &Secret) -> bool {
 }
 
 /// Brings one namespace to the desired state.
+#[tracing::instrument(name = "reconcile", skip_all, fields(namespace = %ns.name_any()))]
 pub async fn reconcile(ns: Arc<NamespaceMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = ns.name_any();
     if name == ctx.namespace {
@@ -202,9 +204,13 @@ async fn serve(
     // and retries need not read them again. An API error leaves the read-back due.
     let mut all_read = true;
     for secret in config.secrets() {
-        if let Err(error) = ensure_copy(ctx, api, ns, secret, due.is_some()).await {
+        let copy = tracing::info_span!("copy", secret = %secret);
+        if let Err(error) = ensure_copy(ctx, api, ns, secret, due.is_some())
+            .instrument(copy.clone())
+            .await
+        {
             ctx.metrics.sync_error(error.metric_label());
-            tracing::warn!(namespace = %ns, secret = %secret, %error, "sync failed");
+            tracing::warn!(parent: &copy, %error, "sync failed");
             all_read &= !matches!(error, Error::Kube(_));
             first_error.get_or_insert(error);
         }
