@@ -27,7 +27,8 @@ pub struct LeaderArgs {
     /// How long a Lease holds without renewal: a dead leader is replaced after this.
     #[arg(long, env = "PSI_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
-    /// This replica's identity in the Lease [default: $POD_NAME, else the host name].
+    /// This replica's identity in the Lease [default: $POD_NAME, else the host name and the
+    /// process id]. Must differ between replicas.
     #[arg(long, env = "PSI_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
 }
@@ -44,12 +45,20 @@ impl Default for LeaderArgs {
 
 impl LeaderArgs {
     fn identity(&self) -> String {
-        self.lease_identity
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| format!("pullsecret-injector-{}", std::process::id()))
+        let given = |id: Option<String>| id.filter(|id| !id.trim().is_empty());
+        given(self.lease_identity.clone())
+            .or_else(|| given(std::env::var("POD_NAME").ok()))
+            .unwrap_or_else(|| {
+                // Outside a Pod several replicas may share a host: the pid tells them apart.
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                format!(
+                    "{}-{}",
+                    given(Some(host)).unwrap_or_else(|| "pullsecret-injector".into()),
+                    std::process::id()
+                )
+            })
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -24,6 +25,8 @@ use serde_json::{Value, json};
 
 const GAR_IMAGE: &str = "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1";
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The leader Lease, in the injector's namespace.
+const LEASE: &str = "pullsecret-injector";
 /// The injector's rules: its config file, and the chart's `registries` (the image
 /// matchCondition is rendered from them).
 const RULES: [(&str, &str); 4] = [
@@ -54,6 +57,8 @@ struct Run {
     host: String,
     port: u16,
     server: Option<Child>,
+    /// A second replica, for the failover case.
+    second: Option<Child>,
 }
 
 impl Run {
@@ -66,8 +71,23 @@ impl Run {
     }
 
     fn start_server(&mut self) {
+        let child = self.spawn_replica("replica-1", self.port, "server.log");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the webhook did not start: {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One replica of the injector, with its own Lease identity, webhook port and log.
+    fn spawn_replica(&self, identity: &str, port: u16, log: &str) -> Child {
         let certs = self.dir.path().join("certs");
-        let child = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
             .args([
                 "--log-format",
                 "json",
@@ -83,9 +103,11 @@ impl Run {
             .arg(certs.join("tls.key"))
             .args([
                 "--listen",
-                &format!("0.0.0.0:{}", self.port),
+                &format!("0.0.0.0:{port}"),
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--lease-identity",
+                identity,
             ])
             .args([
                 "--repair",
@@ -100,34 +122,15 @@ impl Run {
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(self.dir.path().join("server.log")).unwrap(),
+                std::fs::File::create(self.dir.path().join(log)).unwrap(),
             ))
             .spawn()
-            .expect("start the binary");
-        self.server = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the webhook did not start: {}",
-                self.server_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .expect("start the binary")
     }
 
     fn stop_server(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.server.take() {
+            stop_child(child);
         }
     }
 
@@ -168,6 +171,11 @@ impl Run {
     /// (no namespace controller) they stay Terminating, but empty.
     async fn cleanup(&mut self) {
         self.stop_server();
+        if let Some(second) = self.second.take() {
+            stop_child(second);
+        }
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.source_ns);
+        let _ = leases.delete(LEASE, &DeleteParams::default()).await;
         let webhooks: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
         let _ = webhooks
             .delete(&self.webhook_name, &DeleteParams::default())
@@ -194,6 +202,20 @@ impl Run {
                 .await;
         }
     }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 15 s.
+fn stop_child(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn pod(name: &str, containers: Value) -> Value {
@@ -338,6 +360,7 @@ async fn setup() -> Run {
         host,
         port,
         server: None,
+        second: None,
     };
     let rules: String = RULES
         .iter()
@@ -639,6 +662,75 @@ async fn cases(run: &mut Run) {
     webhook_down_case(run).await;
     repair_case(run).await;
     restart_case(run).await;
+    failover_case(run).await;
+}
+
+/// Case 14, two replicas: the one holding the Lease does the sync. Killed by SIGKILL, the
+/// other leads within 20 s and repairs what changed meanwhile; stopped by SIGTERM, it gives
+/// the Lease up and the next replica leads at once.
+async fn failover_case(run: &mut Run) {
+    let a = run.ns_a.clone();
+    let leases: Api<Lease> = Api::namespaced(run.client.clone(), &run.source_ns);
+    let holder = async || {
+        leases
+            .get_opt(LEASE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    eventually("replica-1 holds the Lease", || async {
+        (holder().await.as_deref() == Some("replica-1")).then_some(())
+    })
+    .await;
+    let second = run.spawn_replica("replica-2", free_port(), "server-2.log");
+    run.second = Some(second);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("replica-1"),
+        "case 14: one leader; the second replica waits"
+    );
+
+    // The leader dies without a word; meanwhile a copy is deleted.
+    let mut leader = run.server.take().expect("replica-1 runs");
+    let killed = Instant::now();
+    let _ = leader.kill();
+    let _ = leader.wait();
+    let _ = run
+        .secrets(&a)
+        .delete("gar-pull", &DeleteParams::default())
+        .await;
+    eventually("replica-2 leads after replica-1's SIGKILL", || async {
+        (holder().await.as_deref() == Some("replica-2")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(20),
+        "case 14: the Lease changed hands {took:?} after the SIGKILL"
+    );
+    eventually(
+        "the new leader restores the copy deleted during the handover",
+        || async { run.secrets(&a).get_opt("gar-pull").await.ok().flatten() },
+    )
+    .await;
+
+    // A rollout: SIGTERM gives the Lease up, so the next replica does not wait for expiry.
+    if let Some(second) = run.second.take() {
+        stop_child(second);
+    }
+    let restarted = Instant::now();
+    run.start_server();
+    eventually("replica-1 leads again", || async {
+        (holder().await.as_deref() == Some("replica-1")).then_some(())
+    })
+    .await;
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "case 14: a released Lease is taken at once, not at expiry ({took:?})"
+    );
 }
 
 /// Case 9, restarts: what changed while the injector was stopped is repaired by the next
