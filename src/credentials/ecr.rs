@@ -10,7 +10,7 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{MintError, Minted};
+use super::{MintError, Minted, bounded_until};
 
 /// The username of an ECR authorization token.
 pub const USERNAME: &str = "AWS";
@@ -55,6 +55,7 @@ pub async fn mint(ecr: &Ecr, keys: &[String]) -> Result<Minted, MintError> {
         endpoint: endpoint_name.clone(),
         message,
     };
+    let minted_at = SystemTime::now();
     // rustls with ring, as the rest of the binary: no second TLS stack.
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
@@ -93,7 +94,11 @@ pub async fn mint(ecr: &Ecr, keys: &[String]) -> Result<Minted, MintError> {
         .ok_or_else(|| fail("the token is not user:password".to_owned()))?;
     let expires_at = data
         .expires_at()
-        .and_then(|t| SystemTime::try_from(*t).ok())
         .ok_or_else(|| fail("the authorization data has no expiry".to_owned()))?;
+    // A remote value: bounded before the refresher does time arithmetic with it.
+    let expires_at = SystemTime::try_from(*expires_at)
+        .map_err(|e| e.to_string())
+        .and_then(|t| bounded_until(minted_at, t))
+        .map_err(|e| fail(format!("expiresAt {expires_at}: {e}")))?;
     Ok(Minted::for_keys(keys, user, password, expires_at))
 }

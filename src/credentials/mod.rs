@@ -15,7 +15,7 @@ pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -223,6 +223,47 @@ impl Minted {
         self.expires_at
             .duration_since(minted_at)
             .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// The longest lifetime a source is taken at its word for. A longer claim (a plugin's
+/// `cacheDuration: 168h`, an impersonated token's far `expireTime`) is cut to this, so minted
+/// credentials are renewed at least daily: renewing early costs one call, while a long lifetime
+/// nobody checks could keep dead credentials in force. Google's and ECR's tokens live 12 hours
+/// at most.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Beyond this a claimed lifetime is a broken answer, not a long one, and minting fails: the
+/// error names the source, and the last good credentials stay in force. It is the range of Go's
+/// `time.Duration`, so the kubelet itself refuses such a `cacheDuration`.
+const MAX_CLAIMED_LIFETIME: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// When credentials minted at `minted_at` and claimed to live `claimed` expire: `claimed` cut
+/// to [`MAX_LIFETIME`]. A zero lifetime (already expired) or one beyond any credential's is an
+/// error, for the caller to prefix with the field and the source.
+pub fn bounded_expiry(minted_at: SystemTime, claimed: Duration) -> Result<SystemTime, String> {
+    if claimed.is_zero() {
+        return Err("a lifetime of zero: expired when minted".to_owned());
+    }
+    if claimed > MAX_CLAIMED_LIFETIME {
+        return Err(format!(
+            "a lifetime of {} is longer than any credential lives",
+            humantime::format_duration(claimed)
+        ));
+    }
+    minted_at
+        .checked_add(claimed.min(MAX_LIFETIME))
+        .ok_or_else(|| "the expiry is past the clock's range".to_owned())
+}
+
+/// [`bounded_expiry`] for a source that answers with an absolute expiry (ECR's `expiresAt`, an
+/// impersonated token's `expireTime`). One already past (a clock off, an emulator's fixed date)
+/// is kept, as the credentials may still work: the refresher sees them expired and asks again
+/// after its backoff. It is floored at the Unix epoch, so it still prints.
+pub fn bounded_until(minted_at: SystemTime, expires_at: SystemTime) -> Result<SystemTime, String> {
+    match expires_at.duration_since(minted_at) {
+        Ok(lifetime) if !lifetime.is_zero() => bounded_expiry(minted_at, lifetime),
+        _ => Ok(expires_at.max(UNIX_EPOCH)),
     }
 }
 
