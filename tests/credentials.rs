@@ -22,7 +22,7 @@ use http::StatusCode;
 use pullsecret_injector::config::Config;
 use pullsecret_injector::credentials::http::HttpClient;
 use pullsecret_injector::credentials::{
-    self, KeyRef, MintEnv, MintError, Plugin, Source, gcp, plugin,
+    self, KeyRef, MintEnv, MintError, Minted, Plugin, Source, gcp, plugin,
 };
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::refresh::{CredentialArgs, Outcome, RefreshError, Refresher};
@@ -931,6 +931,53 @@ fn absolute_expiries_are_bounded_too() {
     );
     assert!(credentials::bounded_expiry(now, Duration::MAX).is_err());
     assert!(credentials::bounded_expiry(now, Duration::ZERO).is_err());
+}
+
+// ---- the .dockerconfigjson bytes --------------------------------------------------------------
+
+#[test]
+fn the_docker_config_is_the_bytes_kubectl_writes() {
+    // What `kubectl create secret docker-registry x --docker-server=registry.example:5000
+    // --docker-username='u<1>' --docker-password='p<>&"é\x' -o jsonpath=...` decodes to
+    // (kubectl 1.32): Go's HTML-safe escaping, UTF-8 as is, `\` and `"` backslashed.
+    let kubectl = r#"{"auths":{"registry.example:5000":{"username":"u\u003c1\u003e","password":"p\u003c\u003e\u0026\"é\\x","auth":"dTwxPjpwPD4mIsOpXHg="}}}"#;
+    let minted = Minted::for_keys(
+        &["registry.example:5000".to_owned()],
+        "u<1>",
+        "p<>&\"é\\x",
+        SystemTime::now(),
+    );
+    assert_eq!(
+        String::from_utf8(minted.docker_config_json()).unwrap(),
+        kubectl
+    );
+    assert_eq!(
+        credentials::docker_config_json([("registry.example:5000", "u<1>", "p<>&\"é\\x")]),
+        kubectl
+    );
+
+    // Control characters and the JavaScript line separators, as kubectl writes them: the short
+    // escapes, \u00XX for the rest, DEL as is (password $'a\tb\x01\x7f\u2028c\bd\fe\u2029').
+    let kubectl = "{\"auths\":{\"r.example\":{\"username\":\"u\",\"password\":\"a\\tb\\u0001\u{7f}\\u2028c\\bd\\fe\\u2029\",\"auth\":\"dTphCWIBf+KAqGMIZAxl4oCp\"}}}";
+    assert_eq!(
+        credentials::docker_config_json([(
+            "r.example",
+            "u",
+            "a\tb\u{1}\u{7f}\u{2028}c\u{8}d\u{c}e\u{2029}"
+        )]),
+        kubectl
+    );
+
+    // Several registries: sorted as a Go map is, the last entry of a key winning; an empty
+    // username is left out (`omitempty`), as kubectl's DockerConfigEntry does.
+    assert_eq!(
+        credentials::docker_config_json([
+            ("z.example", "a", "1"),
+            ("b.example", "", "2"),
+            ("z.example", "c", "3"),
+        ]),
+        r#"{"auths":{"b.example":{"password":"2","auth":"OjI="},"z.example":{"username":"c","password":"3","auth":"Yzoz"}}}"#
+    );
 }
 
 // ---- workload identity: the metadata server, and an external-account file -------------------

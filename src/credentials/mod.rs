@@ -202,20 +202,12 @@ impl Minted {
 
     /// The `.dockerconfigjson` content, as `kubectl create secret docker-registry` writes it.
     pub fn docker_config_json(&self) -> Vec<u8> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let auths: serde_json::Map<String, serde_json::Value> = self
-            .auths
-            .iter()
-            .map(|(key, (user, password))| {
-                let entry = serde_json::json!({
-                    "username": user,
-                    "password": password,
-                    "auth": b64.encode(format!("{user}:{password}")),
-                });
-                (key.clone(), entry)
-            })
-            .collect();
-        serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
+        docker_config_json(
+            self.auths
+                .iter()
+                .map(|(key, (user, password))| (key.as_str(), user.as_str(), password.as_str())),
+        )
+        .into_bytes()
     }
 
     /// How long the credentials live from `minted_at`.
@@ -265,6 +257,75 @@ pub fn bounded_until(minted_at: SystemTime, expires_at: SystemTime) -> Result<Sy
         Ok(lifetime) if !lifetime.is_zero() => bounded_expiry(minted_at, lifetime),
         _ => Ok(expires_at.max(UNIX_EPOCH)),
     }
+}
+
+/// The `.dockerconfigjson` content for `auths` entries (registry key, username, password), byte
+/// for byte as `kubectl create secret docker-registry` writes it: Go's `encoding/json` of
+/// kubectl's `DockerConfigJSON`, compact, keys sorted (the last entry of a key wins, as in a Go
+/// map), each entry's `username`, `password`, `auth` in that order and left out when empty
+/// (`omitempty`), strings escaped as Go escapes them. Written by hand, so there is no encoding
+/// error to lose: every `&str` has a JSON form.
+pub fn docker_config_json<'a>(
+    auths: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let auths: BTreeMap<&str, (&str, &str)> = auths
+        .into_iter()
+        .map(|(key, user, password)| (key, (user, password)))
+        .collect();
+    let mut out = String::from("{\"auths\":{");
+    for (i, (key, (user, password))) in auths.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_go_json_string(&mut out, key);
+        out.push_str(":{");
+        let auth = b64.encode(format!("{user}:{password}"));
+        let fields = [
+            ("username", user),
+            ("password", password),
+            ("auth", auth.as_str()),
+        ];
+        for (j, (name, value)) in fields
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .enumerate()
+        {
+            if j > 0 {
+                out.push(',');
+            }
+            push_go_json_string(&mut out, name);
+            out.push(':');
+            push_go_json_string(&mut out, value);
+        }
+        out.push('}');
+    }
+    out.push_str("}}");
+    out
+}
+
+/// `text` as a JSON string the way Go's `encoding/json` writes one (HTML-safe, Go 1.22 and
+/// later): `"` and `\\` backslashed; `\b`, `\f`, `\n`, `\r`, `\t` short; other control
+/// characters, `<`, `>`, `&`, U+2028 and U+2029 as `\u` and four lowercase hex digits; the
+/// rest as is.
+fn push_go_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0'..='\u{1f}' | '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Why minting failed. The message never holds a credential.
