@@ -1021,6 +1021,30 @@ async fn workload_identity_from_the_metadata_server() {
 }
 
 #[tokio::test]
+async fn a_token_endpoint_that_never_answers_is_given_up_on_within_the_time_limit() {
+    // Accepts connections and answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    let http = HttpClient::new(Duration::from_millis(500)).unwrap();
+    let started = std::time::Instant::now();
+    let error = gcp::mint_from_metadata(&host, &keys(), &http)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    let text = error.to_string();
+    assert!(
+        text.contains(&host) && text.contains("no answer within"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn workload_identity_federation_from_an_external_account_file() {
     let exchanged: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = exchanged.clone();

@@ -385,7 +385,7 @@ pub async fn mint(
             Some(file) => gcp::mint_external_account(file, keys, env.http).await,
             None => gcp::mint_from_metadata(env.metadata_host, keys, env.http).await,
         },
-        Source::Ecr(e) => ecr::mint(e, keys).await,
+        Source::Ecr(e) => ecr::mint(e, keys, env.http).await,
         Source::CredentialProvider(plugin) => plugin::mint(plugin, keys, env.plugin_timeout).await,
     }
 }
