@@ -73,58 +73,15 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// kubectl's `DockerConfigEntry`, fields in kubectl's order.
-#[derive(Serialize)]
-struct Entry<'a> {
-    username: &'a str,
-    password: &'a str,
-    auth: String,
-}
-
-#[derive(Serialize)]
-struct DockerConfigJson<'a> {
-    auths: BTreeMap<&'a str, Entry<'a>>,
-}
-
-/// The `.dockerconfigjson` content, byte for byte as kubectl writes it: compact JSON with
-/// Go's HTML-safe escaping of `<`, `>`, `&` and U+2028/U+2029.
-pub fn docker_config_json(
-    servers: &[String],
-    credentials: &Credentials,
-) -> serde_json::Result<String> {
-    let auth = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", credentials.username, credentials.password));
-    let config = DockerConfigJson {
-        auths: servers
-            .iter()
-            .map(|s| {
-                (
-                    s.as_str(),
-                    Entry {
-                        username: &credentials.username,
-                        password: &credentials.password,
-                        auth: auth.clone(),
-                    },
-                )
-            })
-            .collect(),
-    };
-    Ok(go_html_escape(&serde_json::to_string(&config)?))
-}
-
-fn go_html_escape(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out
+/// The `.dockerconfigjson` content: the same credentials for every server.
+fn docker_config_json(servers: &[String], credentials: &Credentials) -> String {
+    crate::credentials::docker_config_json(servers.iter().map(|server| {
+        (
+            server.as_str(),
+            credentials.username.as_str(),
+            credentials.password.as_str(),
+        )
+    }))
 }
 
 /// The Secret manifest as kubectl prints it: fields in kubectl's order for the format.
@@ -136,7 +93,7 @@ pub fn manifest(
     format: OutputFormat,
 ) -> serde_json::Result<String> {
     let data =
-        base64::engine::general_purpose::STANDARD.encode(docker_config_json(servers, credentials)?);
+        base64::engine::general_purpose::STANDARD.encode(docker_config_json(servers, credentials));
     match format {
         OutputFormat::Yaml => {
             let mut out = String::new();
@@ -291,7 +248,7 @@ fn apply(args: &CreateSecretArgs, credentials: &Credentials) -> anyhow::Result<E
             type_: Some(DOCKER_CONFIG_JSON.to_owned()),
             string_data: Some(BTreeMap::from([(
                 ".dockerconfigjson".to_owned(),
-                docker_config_json(&args.servers, credentials)?,
+                docker_config_json(&args.servers, credentials),
             )])),
             ..Secret::default()
         };

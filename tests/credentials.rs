@@ -9,7 +9,7 @@ mod common;
 mod fake_api;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +21,9 @@ use fake_api::FakeApi;
 use http::StatusCode;
 use pullsecret_injector::config::Config;
 use pullsecret_injector::credentials::http::HttpClient;
-use pullsecret_injector::credentials::{KeyRef, MintEnv, MintError, Plugin, Source, gcp, plugin};
+use pullsecret_injector::credentials::{
+    self, KeyRef, MintEnv, MintError, Minted, Plugin, Source, gcp, plugin,
+};
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::refresh::{CredentialArgs, Outcome, RefreshError, Refresher};
 use pullsecret_injector::watch::ConfigStore;
@@ -43,7 +45,8 @@ fn plugin_path(name: &str) -> String {
 struct Endpoint {
     url: String,
     issued: Arc<AtomicU32>,
-    expires_in: Arc<AtomicU64>,
+    /// Any JSON value, so a test can answer numbers no endpoint should.
+    expires_in: Arc<Mutex<Value>>,
     refuse: Arc<Mutex<bool>>,
 }
 
@@ -52,7 +55,7 @@ struct EndpointState {
     url: String,
     public_key: Vec<u8>,
     issued: Arc<AtomicU32>,
-    expires_in: Arc<AtomicU64>,
+    expires_in: Arc<Mutex<Value>>,
     refuse: Arc<Mutex<bool>>,
 }
 
@@ -114,9 +117,10 @@ async fn token(State(st): State<EndpointState>, body: String) -> Answer {
         return bad("lifetime over an hour");
     }
     let n = st.issued.fetch_add(1, Ordering::SeqCst) + 1;
+    let expires_in = st.expires_in.lock().unwrap().clone();
     answer(
         StatusCode::OK,
-        json!({ "access_token": format!("ya29.token-{n}"), "expires_in": st.expires_in.load(Ordering::SeqCst), "token_type": "Bearer" }),
+        json!({ "access_token": format!("ya29.token-{n}"), "expires_in": expires_in, "token_type": "Bearer" }),
     )
 }
 
@@ -128,7 +132,7 @@ async fn endpoint(expires_in: u64) -> Endpoint {
         url: url.clone(),
         public_key: std::fs::read(data("test-key.pub.pem")).unwrap(),
         issued: Arc::default(),
-        expires_in: Arc::new(AtomicU64::new(expires_in)),
+        expires_in: Arc::new(Mutex::new(json!(expires_in))),
         refuse: Arc::default(),
     };
     let app = Router::new()
@@ -625,7 +629,7 @@ async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_by
 
     // The endpoint starts refusing: the last good token stays in force and the failure counts.
     *ep.refuse.lock().unwrap() = true;
-    ep.expires_in.store(3600, Ordering::SeqCst);
+    *ep.expires_in.lock().unwrap() = json!(3600);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         source_password(&api).starts_with("ya29.token-"),
@@ -697,6 +701,283 @@ async fn mint_env_reads_a_key_through_its_reader() {
     );
 }
 
+// ---- remote numbers, bounded before any time arithmetic ---------------------------------------
+
+/// The refresher over `store` until its log shows `words`: the task must still be running then
+/// (a panic would have ended it), and it stops cleanly.
+async fn run_refresher_until_it_logs(refresher: Refresher, words: &str) {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(refresher.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !common::captured_logs().text().contains(words) {
+        assert!(
+            !task.is_finished(),
+            "the refresher stopped before logging {words}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresher never logged {words}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!task.is_finished(), "the refresher is still running");
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the refresher stops")
+        .expect("the refresher did not panic");
+}
+
+/// A token endpoint that once answered well answers `bad` as `expires_in`: minting is an error
+/// naming the endpoint and the value, the last good token stays in the source, and the running
+/// refresher logs it and carries on.
+async fn the_last_good_token_stays_when_expires_in_is(bad: Value, shown: &str) {
+    let ep = endpoint(2).await;
+    let api = FakeApi::default();
+    put_key(&api, &ep.url);
+    let metrics = Arc::new(Metrics::new());
+    let source = gcp_config().source("gar-pull").unwrap().clone();
+    let keys = vec!["asia-northeast1-docker.pkg.dev".to_owned()];
+    let one = refresher(&api, gcp_config(), &metrics);
+    let outcome = one.refresh("gar-pull", &source, &keys).await.unwrap();
+    assert!(matches!(outcome, Outcome::Minted { .. }), "{outcome:?}");
+    assert_eq!(source_password(&api), "ya29.token-1");
+
+    *ep.expires_in.lock().unwrap() = bad;
+    let error = gcp::mint_from_key(&key_json(&ep.url, "test-key.pem"), &keys, &http())
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, MintError::Endpoint { .. }), "{text}");
+    let words = format!("expires_in {shown}");
+    assert!(text.contains(&ep.url) && text.contains(&words), "{text}");
+
+    // Past the renewal point, the refresher's renewal fails the same way, and writes nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let error = one.refresh("gar-pull", &source, &keys).await.unwrap_err();
+    assert!(error.to_string().contains(&words), "{error}");
+    assert_eq!(error.metric_label(), "endpoint_error");
+    assert_eq!(
+        source_password(&api),
+        "ya29.token-1",
+        "the last good token stays"
+    );
+
+    run_refresher_until_it_logs(
+        refresher(&api, gcp_config(), &metrics),
+        &format!("{}: {words}", ep.url),
+    )
+    .await;
+    assert_eq!(
+        source_password(&api),
+        "ya29.token-1",
+        "the last good token stays"
+    );
+}
+
+#[tokio::test]
+async fn expires_in_1e300_is_refused_and_the_last_good_token_stays() {
+    // serde_json shows the number it read as `1e+300`.
+    the_last_good_token_stays_when_expires_in_is(json!(1e300), "1e+300").await;
+}
+
+#[tokio::test]
+async fn a_negative_expires_in_is_refused_and_the_last_good_token_stays() {
+    the_last_good_token_stays_when_expires_in_is(json!(-5), "-5").await;
+}
+
+#[tokio::test]
+async fn expires_in_past_the_clocks_range_is_refused_and_the_last_good_token_stays() {
+    // Whole seconds that fit a u64 but not a time: `SystemTime + Duration` would panic.
+    the_last_good_token_stays_when_expires_in_is(json!(u64::MAX), &u64::MAX.to_string()).await;
+}
+
+#[tokio::test]
+async fn a_zero_expires_in_is_refused_and_the_last_good_token_stays() {
+    the_last_good_token_stays_when_expires_in_is(json!(0), "0").await;
+}
+
+fn plugin_config(cache: &str) -> Config {
+    Config::from_yaml(&format!(
+        "registries:\n  - match: ghcr.io/acme\n    secret: ghcr-acme\nsecrets:\n  ghcr-acme:\n    credentialProvider: {{command: {}, env: {{CACHE: {cache:?}}}}}\n",
+        plugin_path("good-provider.sh")
+    ))
+    .unwrap()
+    .0
+}
+
+#[tokio::test]
+async fn a_plugins_cache_duration_of_99999999h_is_refused_and_the_last_good_credentials_stay() {
+    common::captured_logs();
+    let api = FakeApi::default();
+    let metrics = Arc::new(Metrics::new());
+    let keys = vec!["ghcr.io/acme".to_owned()];
+    let (good, bad) = (plugin_config("2s"), plugin_config("99999999h"));
+    let store = Arc::new(ConfigStore::new(good.clone()));
+    let refresher = || {
+        Refresher::new(
+            api.client(),
+            OWN_NS.to_owned(),
+            store.clone(),
+            metrics.clone(),
+            http(),
+            CredentialArgs::default(),
+        )
+    };
+    let password = |api: &FakeApi| {
+        let secret = api.secret(OWN_NS, "ghcr-acme").expect("the minted source");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap();
+        auths(&bytes)["ghcr.io"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let one = refresher();
+    let outcome = one
+        .refresh("ghcr-acme", good.source("ghcr-acme").unwrap(), &keys)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Minted { .. }), "{outcome:?}");
+    let first = password(&api);
+    assert!(first.starts_with("plugin-token-"), "{first}");
+
+    let error = plugin::mint(
+        &provider("good-provider.sh", &[("CACHE", "99999999h")]),
+        &keys,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, MintError::Plugin { .. }), "{text}");
+    assert!(
+        text.contains("good-provider.sh") && text.contains("cacheDuration \"99999999h\""),
+        "{text}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let error = one
+        .refresh("ghcr-acme", bad.source("ghcr-acme").unwrap(), &keys)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("99999999h"), "{error}");
+    assert_eq!(error.metric_label(), "plugin_error");
+    assert_eq!(password(&api), first, "the last good credentials stay");
+
+    store.store(bad);
+    run_refresher_until_it_logs(refresher(), "cacheDuration \"99999999h\"").await;
+    assert_eq!(password(&api), first, "the last good credentials stay");
+}
+
+#[tokio::test]
+async fn a_long_but_possible_lifetime_is_cut_to_a_day() {
+    let before = SystemTime::now();
+    let minted = plugin::mint(
+        &provider("good-provider.sh", &[("CACHE", "168h")]),
+        &["ghcr.io".to_owned()],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // Measured from before the plugin ran: a day and how long it took to answer.
+    let lifetime = minted.lifetime(before);
+    assert!(
+        lifetime >= credentials::MAX_LIFETIME
+            && lifetime < credentials::MAX_LIFETIME + Duration::from_secs(5),
+        "{lifetime:?}"
+    );
+
+    let ep = endpoint(7 * 24 * 3600).await;
+    let before = SystemTime::now();
+    let minted = gcp::mint_from_key(&key_json(&ep.url, "test-key.pem"), &keys(), &http())
+        .await
+        .unwrap();
+    let lifetime = minted.lifetime(before);
+    assert!(
+        lifetime >= credentials::MAX_LIFETIME
+            && lifetime < credentials::MAX_LIFETIME + Duration::from_secs(5),
+        "{lifetime:?}"
+    );
+}
+
+#[test]
+fn absolute_expiries_are_bounded_too() {
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    assert_eq!(credentials::bounded_until(now, now + hour), Ok(now + hour));
+    // Far but possible (an emulator's year 2099): cut to a day.
+    assert_eq!(
+        credentials::bounded_until(now, now + 70 * 365 * 24 * hour),
+        Ok(now + credentials::MAX_LIFETIME)
+    );
+    // Already past (an emulator's fixed date, a clock off): kept for the refresher to see
+    // expired, and never before the epoch (no time before it prints).
+    assert_eq!(credentials::bounded_until(now, now - hour), Ok(now - hour));
+    assert_eq!(credentials::bounded_until(now, now), Ok(now));
+    assert_eq!(
+        credentials::bounded_until(now, std::time::UNIX_EPOCH - hour),
+        Ok(std::time::UNIX_EPOCH)
+    );
+    let error = credentials::bounded_until(now, now + 8000 * 365 * 24 * hour).unwrap_err();
+    assert!(
+        error.contains("longer than any credential lives"),
+        "{error}"
+    );
+    assert!(credentials::bounded_expiry(now, Duration::MAX).is_err());
+    assert!(credentials::bounded_expiry(now, Duration::ZERO).is_err());
+}
+
+// ---- the .dockerconfigjson bytes --------------------------------------------------------------
+
+#[test]
+fn the_docker_config_is_the_bytes_kubectl_writes() {
+    // What `kubectl create secret docker-registry x --docker-server=registry.example:5000
+    // --docker-username='u<1>' --docker-password='p<>&"é\x' -o jsonpath=...` decodes to
+    // (kubectl 1.32): Go's HTML-safe escaping, UTF-8 as is, `\` and `"` backslashed.
+    let kubectl = r#"{"auths":{"registry.example:5000":{"username":"u\u003c1\u003e","password":"p\u003c\u003e\u0026\"é\\x","auth":"dTwxPjpwPD4mIsOpXHg="}}}"#;
+    let minted = Minted::for_keys(
+        &["registry.example:5000".to_owned()],
+        "u<1>",
+        "p<>&\"é\\x",
+        SystemTime::now(),
+    );
+    assert_eq!(
+        String::from_utf8(minted.docker_config_json()).unwrap(),
+        kubectl
+    );
+    assert_eq!(
+        credentials::docker_config_json([("registry.example:5000", "u<1>", "p<>&\"é\\x")]),
+        kubectl
+    );
+
+    // Control characters and the JavaScript line separators, as kubectl writes them: the short
+    // escapes, \u00XX for the rest, DEL as is (password $'a\tb\x01\x7f\u2028c\bd\fe\u2029').
+    let kubectl = "{\"auths\":{\"r.example\":{\"username\":\"u\",\"password\":\"a\\tb\\u0001\u{7f}\\u2028c\\bd\\fe\\u2029\",\"auth\":\"dTphCWIBf+KAqGMIZAxl4oCp\"}}}";
+    assert_eq!(
+        credentials::docker_config_json([(
+            "r.example",
+            "u",
+            "a\tb\u{1}\u{7f}\u{2028}c\u{8}d\u{c}e\u{2029}"
+        )]),
+        kubectl
+    );
+
+    // Several registries: sorted as a Go map is, the last entry of a key winning; an empty
+    // username is left out (`omitempty`), as kubectl's DockerConfigEntry does.
+    assert_eq!(
+        credentials::docker_config_json([
+            ("z.example", "a", "1"),
+            ("b.example", "", "2"),
+            ("z.example", "c", "3"),
+        ]),
+        r#"{"auths":{"b.example":{"password":"2","auth":"OjI="},"z.example":{"username":"c","password":"3","auth":"Yzoz"}}}"#
+    );
+}
+
 // ---- workload identity: the metadata server, and an external-account file -------------------
 
 async fn serve(app: Router) -> String {
@@ -738,6 +1019,30 @@ async fn workload_identity_from_the_metadata_server() {
 }
 
 #[tokio::test]
+async fn a_token_endpoint_that_never_answers_is_given_up_on_within_the_time_limit() {
+    // Accepts connections and answers nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    let http = HttpClient::new(Duration::from_millis(500)).unwrap();
+    let started = std::time::Instant::now();
+    let error = gcp::mint_from_metadata(&host, &keys(), &http)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded");
+    let text = error.to_string();
+    assert!(
+        text.contains(&host) && text.contains("no answer within"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn workload_identity_federation_from_an_external_account_file() {
     let exchanged: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = exchanged.clone();
@@ -766,7 +1071,8 @@ async fn workload_identity_federation_from_an_external_account_file() {
                 if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer federated") {
                     return answer(StatusCode::UNAUTHORIZED, json!({ "error": "unauthenticated" }));
                 }
-                answer(StatusCode::OK, json!({ "accessToken": "ya29.impersonated", "expireTime": "2099-01-01T00:00:00Z" }))
+                let expires = SystemTime::now() + Duration::from_secs(1800);
+                answer(StatusCode::OK, json!({ "accessToken": "ya29.impersonated", "expireTime": humantime::format_rfc3339_seconds(expires).to_string() }))
             }),
         );
     let host = serve(app).await;
@@ -783,13 +1089,16 @@ async fn workload_identity_federation_from_an_external_account_file() {
         "service_account_impersonation_url": format!("http://{host}/v1/projects/-/serviceAccounts/puller:generateAccessToken"),
     });
     std::fs::write(&file, account.to_string()).unwrap();
+    let before = SystemTime::now();
     let minted = gcp::mint_external_account(file.to_str().unwrap(), &keys(), &http())
         .await
         .unwrap();
     assert_eq!(minted.auths["*.pkg.dev"].1, "ya29.impersonated");
-    assert_eq!(
-        humantime::format_rfc3339_seconds(minted.expires_at).to_string(),
-        "2099-01-01T00:00:00Z"
+    // The expireTime answered, to the second.
+    let lifetime = minted.lifetime(before);
+    assert!(
+        lifetime > Duration::from_secs(1798) && lifetime <= Duration::from_secs(1801),
+        "{lifetime:?}"
     );
     assert_eq!(*exchanged.lock().unwrap(), ["eyJ.projected.sa-token"]);
 

@@ -13,13 +13,15 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
 use super::http::HttpClient;
-use super::{MintError, Minted};
+use super::{MintError, Minted, bounded_expiry, bounded_until};
 
 /// The username Artifact Registry and gcr.io take with an access token.
 pub const USERNAME: &str = "oauth2accesstoken";
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Lifetime asked of the JWT assertion (Google's maximum).
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
+/// Lifetime of a token whose answer has no `expires_in`: Google's tokens live an hour.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 #[derive(Deserialize)]
 struct ServiceAccountKey {
@@ -43,7 +45,8 @@ struct Claims<'a> {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
-    expires_in: Option<u64>,
+    /// Any JSON number, checked by [`minted`]: a remote value, bounded before time arithmetic.
+    expires_in: Option<serde_json::Number>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -87,7 +90,7 @@ pub async fn mint_from_key(
         .append_pair("assertion", &assertion)
         .finish();
     let answer: TokenAnswer = post_form(http, &token_uri, form, None).await?;
-    Ok(minted(keys, answer, now))
+    minted(&token_uri, keys, answer, now)
 }
 
 /// Mints from the metadata server of the node (GKE workload identity, a GCE VM).
@@ -103,7 +106,7 @@ pub async fn mint_from_metadata(
         .map_err(|e| endpoint(&url, e))?;
     let now = SystemTime::now();
     let answer: TokenAnswer = json_answer(http, &url, request).await?;
-    Ok(minted(keys, answer, now))
+    minted(&url, keys, answer, now)
 }
 
 #[derive(Deserialize)]
@@ -177,7 +180,7 @@ pub async fn mint_external_account(
         .finish();
     let federated: TokenAnswer = post_form(http, &account.token_url, form, None).await?;
     let Some(url) = account.service_account_impersonation_url else {
-        return Ok(minted(keys, federated, now));
+        return minted(&account.token_url, keys, federated, now);
     };
     let body = serde_json::json!({ "scope": [SCOPE], "lifetime": "3600s" }).to_string();
     let request = Request::builder()
@@ -192,6 +195,8 @@ pub async fn mint_external_account(
         .map_err(|e| endpoint(&url, e))?;
     let token: ImpersonatedToken = json_answer(http, &url, request).await?;
     let expires_at = humantime::parse_rfc3339(&token.expire_time)
+        .map_err(|e| e.to_string())
+        .and_then(|t| bounded_until(now, t))
         .map_err(|e| endpoint(&url, format!("expireTime {:?}: {e}", token.expire_time)))?;
     Ok(Minted::for_keys(
         keys,
@@ -243,10 +248,44 @@ async fn subject_token(source: &CredentialSource, http: &HttpClient) -> Result<S
     }
 }
 
-fn minted(keys: &[String], answer: TokenAnswer, now: SystemTime) -> Minted {
-    // Google's tokens live an hour; an answer without expires_in is taken as that.
-    let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
-    Minted::for_keys(keys, USERNAME, &answer.access_token, now + lifetime)
+/// The credentials of a token endpoint's answer, minted at `now`; `expires_in` is checked and
+/// bounded (see [`bounded_expiry`]) before it is added to a time.
+fn minted(
+    url: &str,
+    keys: &[String],
+    answer: TokenAnswer,
+    now: SystemTime,
+) -> Result<Minted, MintError> {
+    let expires_at = match &answer.expires_in {
+        None => bounded_expiry(now, DEFAULT_TOKEN_LIFETIME),
+        Some(number) => expires_in(number).and_then(|lifetime| bounded_expiry(now, lifetime)),
+    }
+    .map_err(|e| {
+        let given = answer
+            .expires_in
+            .as_ref()
+            .map_or_else(|| "(none)".to_owned(), ToString::to_string);
+        endpoint(url, format!("expires_in {given}: {e}"))
+    })?;
+    Ok(Minted::for_keys(
+        keys,
+        USERNAME,
+        &answer.access_token,
+        expires_at,
+    ))
+}
+
+/// `expires_in` (seconds, whole or not) as a lifetime.
+fn expires_in(number: &serde_json::Number) -> Result<Duration, String> {
+    if let Some(secs) = number.as_u64() {
+        return Ok(Duration::from_secs(secs));
+    }
+    match number.as_f64() {
+        Some(secs) if secs < 0.0 => Err("negative".to_owned()),
+        Some(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| "longer than any credential lives".to_owned()),
+        None => Err("not a number of seconds".to_owned()),
+    }
 }
 
 fn endpoint(url: &str, message: impl std::fmt::Display) -> MintError {

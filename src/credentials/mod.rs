@@ -15,7 +15,7 @@ pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -202,20 +202,12 @@ impl Minted {
 
     /// The `.dockerconfigjson` content, as `kubectl create secret docker-registry` writes it.
     pub fn docker_config_json(&self) -> Vec<u8> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let auths: serde_json::Map<String, serde_json::Value> = self
-            .auths
-            .iter()
-            .map(|(key, (user, password))| {
-                let entry = serde_json::json!({
-                    "username": user,
-                    "password": password,
-                    "auth": b64.encode(format!("{user}:{password}")),
-                });
-                (key.clone(), entry)
-            })
-            .collect();
-        serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
+        docker_config_json(
+            self.auths
+                .iter()
+                .map(|(key, (user, password))| (key.as_str(), user.as_str(), password.as_str())),
+        )
+        .into_bytes()
     }
 
     /// How long the credentials live from `minted_at`.
@@ -224,6 +216,116 @@ impl Minted {
             .duration_since(minted_at)
             .unwrap_or(Duration::ZERO)
     }
+}
+
+/// The longest lifetime a source is taken at its word for. A longer claim (a plugin's
+/// `cacheDuration: 168h`, an impersonated token's far `expireTime`) is cut to this, so minted
+/// credentials are renewed at least daily: renewing early costs one call, while a long lifetime
+/// nobody checks could keep dead credentials in force. Google's and ECR's tokens live 12 hours
+/// at most.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Beyond this a claimed lifetime is a broken answer, not a long one, and minting fails: the
+/// error names the source, and the last good credentials stay in force. It is the range of Go's
+/// `time.Duration`, so the kubelet itself refuses such a `cacheDuration`.
+const MAX_CLAIMED_LIFETIME: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// When credentials minted at `minted_at` and claimed to live `claimed` expire: `claimed` cut
+/// to [`MAX_LIFETIME`]. A zero lifetime (already expired) or one beyond any credential's is an
+/// error, for the caller to prefix with the field and the source.
+pub fn bounded_expiry(minted_at: SystemTime, claimed: Duration) -> Result<SystemTime, String> {
+    if claimed.is_zero() {
+        return Err("a lifetime of zero: expired when minted".to_owned());
+    }
+    if claimed > MAX_CLAIMED_LIFETIME {
+        return Err(format!(
+            "a lifetime of {} is longer than any credential lives",
+            humantime::format_duration(claimed)
+        ));
+    }
+    minted_at
+        .checked_add(claimed.min(MAX_LIFETIME))
+        .ok_or_else(|| "the expiry is past the clock's range".to_owned())
+}
+
+/// [`bounded_expiry`] for a source that answers with an absolute expiry (ECR's `expiresAt`, an
+/// impersonated token's `expireTime`). One already past (a clock off, an emulator's fixed date)
+/// is kept, as the credentials may still work: the refresher sees them expired and asks again
+/// after its backoff. It is floored at the Unix epoch, so it still prints.
+pub fn bounded_until(minted_at: SystemTime, expires_at: SystemTime) -> Result<SystemTime, String> {
+    match expires_at.duration_since(minted_at) {
+        Ok(lifetime) if !lifetime.is_zero() => bounded_expiry(minted_at, lifetime),
+        _ => Ok(expires_at.max(UNIX_EPOCH)),
+    }
+}
+
+/// The `.dockerconfigjson` content for `auths` entries (registry key, username, password), byte
+/// for byte as `kubectl create secret docker-registry` writes it: Go's `encoding/json` of
+/// kubectl's `DockerConfigJSON`, compact, keys sorted (the last entry of a key wins, as in a Go
+/// map), each entry's `username`, `password`, `auth` in that order and left out when empty
+/// (`omitempty`), strings escaped as Go escapes them. Written by hand, so there is no encoding
+/// error to lose: every `&str` has a JSON form.
+pub fn docker_config_json<'a>(
+    auths: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let auths: BTreeMap<&str, (&str, &str)> = auths
+        .into_iter()
+        .map(|(key, user, password)| (key, (user, password)))
+        .collect();
+    let mut out = String::from("{\"auths\":{");
+    for (i, (key, (user, password))) in auths.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_go_json_string(&mut out, key);
+        out.push_str(":{");
+        let auth = b64.encode(format!("{user}:{password}"));
+        let fields = [
+            ("username", user),
+            ("password", password),
+            ("auth", auth.as_str()),
+        ];
+        for (j, (name, value)) in fields
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .enumerate()
+        {
+            if j > 0 {
+                out.push(',');
+            }
+            push_go_json_string(&mut out, name);
+            out.push(':');
+            push_go_json_string(&mut out, value);
+        }
+        out.push('}');
+    }
+    out.push_str("}}");
+    out
+}
+
+/// `text` as a JSON string the way Go's `encoding/json` writes one (HTML-safe, Go 1.22 and
+/// later): `"` and `\\` backslashed; `\b`, `\f`, `\n`, `\r`, `\t` short; other control
+/// characters, `<`, `>`, `&`, U+2028 and U+2029 as `\u` and four lowercase hex digits; the
+/// rest as is.
+fn push_go_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0'..='\u{1f}' | '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Why minting failed. The message never holds a credential.
@@ -283,7 +385,7 @@ pub async fn mint(
             Some(file) => gcp::mint_external_account(file, keys, env.http).await,
             None => gcp::mint_from_metadata(env.metadata_host, keys, env.http).await,
         },
-        Source::Ecr(e) => ecr::mint(e, keys).await,
+        Source::Ecr(e) => ecr::mint(e, keys, env.http).await,
         Source::CredentialProvider(plugin) => plugin::mint(plugin, keys, env.plugin_timeout).await,
     }
 }

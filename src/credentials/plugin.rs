@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{MintError, Minted, Plugin};
+use super::{MintError, Minted, Plugin, bounded_expiry};
 
 pub const API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
 /// How long credentials hold when the response names no `cacheDuration` (or zero).
@@ -67,13 +67,17 @@ pub async fn mint(
             .map_err(|e| fail(format!("cacheDuration: {e}")))?
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_CACHE_DURATION);
+        // A remote value: bounded before it is added to a time.
+        let until = bounded_expiry(started, lifetime).map_err(|e| {
+            let given = response.cache_duration.as_deref().unwrap_or_default();
+            fail(format!("cacheDuration {given:?}: {e}"))
+        })?;
         if response.auth.is_empty() {
             return Err(fail(format!("no credentials for {image}")));
         }
         for (registry, auth) in response.auth {
             auths.insert(registry, (auth.username, auth.password));
         }
-        let until = started + lifetime;
         expires_at = Some(expires_at.map_or(until, |e| e.min(until)));
     }
     Ok(Minted {
