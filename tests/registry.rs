@@ -802,17 +802,7 @@ async fn the_checker_follows_its_sources_and_reports_a_failure() {
             "pullsecret_injector_credential_check{{secret=\"local-registry\",registry=\"{host}\",result=\"{result}\"}} 1"
         ))
     };
-    let wait = |what: &'static str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                metrics.encode()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| wait_for(&metrics, what, done);
     wait("the first check at start", &|| result(&metrics, "ok"));
     // The password changes for a stale one: checked again at once, not at the next interval.
     put("stale-password");
@@ -844,6 +834,19 @@ async fn the_checker_follows_its_sources_and_reports_a_failure() {
         "{}",
         metrics.encode()
     );
+}
+
+/// Waits up to 20 s (the checker's tasks run on other threads) until `done` holds.
+fn wait_for(metrics: &pullsecret_injector::metrics::Metrics, what: &str, done: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            metrics.encode()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The series lines of `metrics` naming `secret`.
@@ -921,17 +924,7 @@ async fn a_reload_that_drops_a_rule_or_a_minted_secret_drops_their_series() {
         tokio::spawn(checker.run(stopped())),
         tokio::spawn(refresher.run(stopped())),
     ];
-    let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                metrics.encode()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| wait_for(&metrics, what, done);
     let failing = |secret: &str, result: &str| {
         series_of(&metrics, secret).iter().any(|l| {
             l.starts_with("pullsecret_injector_credential_check{")
