@@ -8,13 +8,18 @@
 //! secret was seen sending 11 failed logins in 60 ms). Each registry is asked once per check
 //! with one credential, at most once a minute whatever changes, a failed check is not retried
 //! before the next interval, and all checks share a budget of [`MAX_PER_MINUTE`].
+//!
+//! The series of a pair leave the metrics when its rule leaves the config, and all of them when
+//! the checker stops: a last result nobody renews must not keep an alert firing.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
@@ -28,6 +33,7 @@ use crate::credentials::http::HttpClient;
 use crate::image::ImageRef;
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
+use crate::refresh::jitter;
 use crate::registry::{self, Endpoint, Verdict};
 use crate::watch::ConfigStore;
 
@@ -63,7 +69,8 @@ pub struct Target {
     pub probe_image: Option<String>,
 }
 
-/// The metric label of a verdict.
+/// The metric label of a verdict: the `result` of `credential_check`, each verdict of
+/// [`Verdict::ALL`] once.
 pub fn result_label(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::WouldPull => "ok",
@@ -203,9 +210,11 @@ impl Checker {
         let watch = tokio::spawn(watch);
         let mut stop = std::pin::pin!(futures::FutureExt::fuse(stop));
         let mut schedules: HashMap<Target, Schedule> = HashMap::new();
-        let mut budget: Vec<Instant> = Vec::new();
+        let budget = budget();
+        // Dropped when this task ends, whichever way: the series go with it.
+        let _forget = ForgetChecks(&self.metrics);
         loop {
-            self.round(&sources, &mut schedules, &mut budget).await;
+            self.round(&sources, &mut schedules, &budget).await;
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = &mut stop => break,
@@ -219,11 +228,24 @@ impl Checker {
         &self,
         sources: &Store<Secret>,
         schedules: &mut HashMap<Target, Schedule>,
-        budget: &mut Vec<Instant>,
+        budget: &DefaultDirectRateLimiter,
     ) {
         let config = self.config.load();
         let targets = targets(&config);
-        schedules.retain(|t, _| targets.contains(t));
+        schedules.retain(|gone, _| {
+            if targets.contains(gone) {
+                return true;
+            }
+            // Two probe images of one pair share its series.
+            if !targets
+                .iter()
+                .any(|t| t.secret == gone.secret && t.registry == gone.registry)
+            {
+                self.metrics
+                    .forget_credential_check(&gone.secret, &gone.registry);
+            }
+            false
+        });
         let now = Instant::now();
         for target in targets {
             let schedule = schedules.entry(target.clone()).or_insert(Schedule {
@@ -246,11 +268,9 @@ impl Checker {
                 // The sync reports a missing source; nothing to check yet.
                 continue;
             };
-            budget.retain(|at| now.duration_since(*at) < Duration::from_secs(60));
-            if budget.len() >= MAX_PER_MINUTE as usize {
+            if budget.check().is_err() {
                 break;
             }
-            budget.push(now);
             let data = source.data.clone().unwrap_or_default();
             let bytes = data
                 .get(".dockerconfigjson")
@@ -260,11 +280,12 @@ impl Checker {
             let (verdict, steps) = check_target(&self.http, &target, &bytes).await;
             schedule.last = Some(Instant::now());
             schedule.version = version;
-            schedule.next = Instant::now() + self.interval.mul_f64(0.9 + 0.2 * jitter());
+            // The interval, give or take a tenth.
+            schedule.next = Instant::now() + self.interval.mul_f64(0.9) + jitter(self.interval / 5);
             self.metrics.credential_check(
                 &target.secret,
                 &target.registry,
-                result_label(verdict),
+                verdict,
                 SystemTime::now(),
             );
             let previous = schedule.result.replace(verdict);
@@ -302,9 +323,65 @@ impl Checker {
     }
 }
 
-fn jitter() -> f64 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
+/// The shared budget of all checks: at most [`MAX_PER_MINUTE`] in any minute, one at a time at
+/// even gaps. (A GCRA that allows a burst of `n` lets `n` more through within the same minute,
+/// so a burst would lower the sustained rate below the budget.)
+fn budget() -> DefaultDirectRateLimiter {
+    RateLimiter::direct(budget_quota())
+}
+
+fn budget_quota() -> Quota {
+    let per_minute = NonZeroU32::new(MAX_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(per_minute).allow_burst(NonZeroU32::MIN)
+}
+
+/// Removes every check series when dropped.
+struct ForgetChecks<'a>(&'a Metrics);
+
+impl Drop for ForgetChecks<'_> {
+    fn drop(&mut self) {
+        self.0.forget_credential_checks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_at_most_its_number_in_any_minute_and_about_that_many_each_minute() {
+        let clock = FakeRelativeClock::default();
+        let budget = RateLimiter::direct_with_clock(budget_quota(), clock.clone());
+        // Always more checks due than the budget allows, looked at every 100 ms for ten
+        // minutes.
+        let step = Duration::from_millis(100);
+        let mut allowed: Vec<Duration> = Vec::new();
+        let mut now = Duration::ZERO;
+        while now < Duration::from_secs(600) {
+            while budget.check().is_ok() {
+                allowed.push(now);
+            }
+            clock.advance(step);
+            now += step;
+        }
+        for (i, start) in allowed.iter().enumerate() {
+            let within = allowed[i..]
+                .iter()
+                .take_while(|at| **at < *start + Duration::from_secs(60))
+                .count();
+            assert!(
+                within <= MAX_PER_MINUTE as usize,
+                "{within} checks in the minute from {start:?}"
+            );
+        }
+        // Not stingier than it must be: the whole budget every minute.
+        let per_minute = allowed.len() / 10;
+        assert!(
+            per_minute + 1 >= MAX_PER_MINUTE as usize,
+            "{} in ten minutes",
+            allowed.len()
+        );
+    }
 }

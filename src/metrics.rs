@@ -1,5 +1,7 @@
 //! Prometheus metrics, served as text on the plain metrics port.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,6 +13,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::admission::Outcome;
+use crate::credential_check::result_label;
+use crate::registry::Verdict;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -83,6 +87,9 @@ pub struct Metrics {
     kube_api_requests: Family<ApiLabels, Counter>,
     repairs: Family<ResultLabels, Counter>,
     credential_refreshes: Family<SecretResultLabels, Counter>,
+    /// The `result` labels of `credential_refreshes` used so far: a Family cannot list its
+    /// label sets, and a secret's series are removed by name.
+    refresh_results: Mutex<BTreeSet<&'static str>>,
     credential_expiry: Family<SecretLabels, Gauge>,
     credential_checks: Family<CheckLabels, Gauge>,
     credential_check_time: Family<RegistryLabels, Gauge>,
@@ -206,6 +213,7 @@ impl Metrics {
                 "Renewals of minted credentials, by secret and result (success, key_error, endpoint_error, plugin_error, conflict, api_error)",
                 Family::default(),
             ),
+            refresh_results: Mutex::default(),
             credential_expiry: register(
                 r,
                 "credential_expiry_timestamp_seconds",
@@ -215,7 +223,10 @@ impl Metrics {
             credential_checks: register(
                 r,
                 "credential_check",
-                "Result of the last credential check of a source against a registry: 1 for the current result (ok, bad_credentials, no_pull_right, not_found, no_auth_entry, unreachable, tls_error), 0 for the others seen",
+                &format!(
+                    "Result of the last credential check of a source against a registry: 1 for the current result ({}), 0 for the others seen",
+                    Verdict::ALL.map(result_label).join(", ")
+                ),
                 Family::default(),
             ),
             credential_check_time: register(
@@ -330,6 +341,7 @@ impl Metrics {
             result,
         };
         self.credential_refreshes.get_or_create(&labels).inc();
+        lock(&self.refresh_results).insert(result);
     }
 
     pub fn credential_expiry(&self, secret: &str, expires_at: std::time::SystemTime) {
@@ -342,30 +354,42 @@ impl Metrics {
         self.credential_expiry.get_or_create(&labels).set(unix);
     }
 
-    /// Records a credential check: `result` becomes the one set to 1 for the pair.
+    /// Removes the series of a secret no longer minted: its expiry must not fire the expiry
+    /// alert once that time has passed.
+    pub fn forget_minted(&self, secret: &str) {
+        self.credential_expiry.remove(&SecretLabels {
+            secret: secret.to_owned(),
+        });
+        for &result in lock(&self.refresh_results).iter() {
+            self.credential_refreshes.remove(&SecretResultLabels {
+                secret: secret.to_owned(),
+                result,
+            });
+        }
+    }
+
+    /// Removes every minted secret's series: the refresher has stopped, and nothing keeps
+    /// them true.
+    pub fn forget_all_minted(&self) {
+        self.credential_expiry.clear();
+        self.credential_refreshes.clear();
+    }
+
+    /// Records a credential check: `verdict` becomes the one result set to 1 for the pair.
     pub fn credential_check(
         &self,
         secret: &str,
         registry: &str,
-        result: &'static str,
+        verdict: Verdict,
         at: std::time::SystemTime,
     ) {
-        for previous in [
-            "ok",
-            "bad_credentials",
-            "no_pull_right",
-            "not_found",
-            "no_auth_entry",
-            "unreachable",
-            "tls_error",
-            "no_rule",
-        ] {
+        for previous in Verdict::ALL {
             let labels = CheckLabels {
                 secret: secret.to_owned(),
                 registry: registry.to_owned(),
-                result: previous,
+                result: result_label(previous),
             };
-            if previous == result {
+            if previous == verdict {
                 self.credential_checks.get_or_create(&labels).set(1);
             } else if let Some(gauge) = self.credential_checks.get(&labels) {
                 gauge.set(0);
@@ -381,6 +405,28 @@ impl Metrics {
         self.credential_check_time.get_or_create(&labels).set(unix);
     }
 
+    /// Removes the check series of a pair no longer configured, so that its last result does
+    /// not keep an alert firing.
+    pub fn forget_credential_check(&self, secret: &str, registry: &str) {
+        for verdict in Verdict::ALL {
+            self.credential_checks.remove(&CheckLabels {
+                secret: secret.to_owned(),
+                registry: registry.to_owned(),
+                result: result_label(verdict),
+            });
+        }
+        self.credential_check_time.remove(&RegistryLabels {
+            secret: secret.to_owned(),
+            registry: registry.to_owned(),
+        });
+    }
+
+    /// Removes every check series: the checker has stopped, and nothing keeps them true.
+    pub fn forget_credential_checks(&self) {
+        self.credential_checks.clear();
+        self.credential_check_time.clear();
+    }
+
     pub fn kube_api_request(&self, method: &str, code: u16) {
         let labels = ApiLabels {
             method: method.to_owned(),
@@ -388,6 +434,13 @@ impl Metrics {
         };
         self.kube_api_requests.get_or_create(&labels).inc();
     }
+}
+
+/// The lock, even if a panic poisoned it: the set it guards stays valid.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn inc_secret(family: &Family<SecretLabels, Counter>, secret: &str) {

@@ -8,11 +8,15 @@
 //! a tenth, so two replicas rarely meet). A failed renewal is retried with backoff while the
 //! last good credentials stay in force; once they are past nine tenths of their lifetime the
 //! failure is logged as an error, counted, and reported by an Event on the source Secret.
+//!
+//! A secret's expiry and renewal series leave the metrics when it is no longer minted, and all
+//! of them when the refresher stops: a dead expiry time must not fire the expiry alert.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use backon::{BackoffBuilder, ConstantBuilder, ExponentialBackoff, ExponentialBuilder};
 use clap::Args;
 use futures::FutureExt;
 use k8s_openapi::ByteString;
@@ -34,9 +38,18 @@ use crate::watch::ConfigStore;
 
 /// The metadata server's address on GKE and GCE.
 pub const METADATA_HOST: &str = "metadata.google.internal";
-/// First retry after a failed renewal; doubled up to [`MAX_BACKOFF`].
+/// First retry after a failed renewal, plus up to as much again in jitter; doubled from there
+/// up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Retries of failed renewals: jitter adds up to the delay itself, so the delay before jitter
+/// stops at half of [`MAX_BACKOFF`]; never gives up.
+const BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(FIRST_BACKOFF)
+    .with_max_delay(Duration::from_secs(MAX_BACKOFF.as_secs() / 2))
+    .with_factor(2.0)
+    .with_jitter()
+    .without_max_times();
 /// Longest sleep of the loop, so a config change or clock jump is seen soon enough.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
@@ -125,7 +138,8 @@ pub struct Refresher {
 
 struct Schedule {
     next: Instant,
-    failures: u32,
+    /// The retries after the failures in a row so far; none after a success.
+    backoff: Option<ExponentialBackoff>,
     /// When the credentials in force were minted and expire, as last seen.
     in_force: Option<(SystemTime, SystemTime)>,
 }
@@ -159,18 +173,26 @@ impl Refresher {
         let mut stop = std::pin::pin!(stop.fuse());
         let mut config_rx = self.config.subscribe();
         let mut schedules: HashMap<String, Schedule> = HashMap::new();
+        // Dropped when this task ends, whichever way: the series go with it.
+        let _forget = ForgetMinted(&self.metrics);
         loop {
             let config = self.config.load();
             let minted: Vec<(String, Source)> = config
                 .minted()
                 .map(|(name, source)| (name.to_owned(), source.clone()))
                 .collect();
-            schedules.retain(|name, _| minted.iter().any(|(n, _)| n == name));
+            schedules.retain(|name, _| {
+                let keep = minted.iter().any(|(n, _)| n == name);
+                if !keep {
+                    self.metrics.forget_minted(name);
+                }
+                keep
+            });
             let now = Instant::now();
             for (name, source) in &minted {
                 let schedule = schedules.entry(name.clone()).or_insert(Schedule {
                     next: now,
-                    failures: 0,
+                    backoff: None,
                     in_force: None,
                 });
                 if schedule.next > now {
@@ -191,16 +213,17 @@ impl Refresher {
                             } => (minted_at, expires_at),
                         };
                         self.metrics.credential_expiry(name, in_force.1);
-                        schedule.failures = 0;
+                        schedule.backoff = None;
                         schedule.in_force = Some(in_force);
                         schedule.next = Instant::now() + self.renew_after(in_force);
                     }
                     Err(error) => {
                         self.metrics.credential_refresh(name, error.metric_label());
-                        schedule.failures += 1;
-                        let backoff = FIRST_BACKOFF
-                            .saturating_mul(1 << schedule.failures.min(8).saturating_sub(1))
-                            .min(MAX_BACKOFF);
+                        let backoff = schedule
+                            .backoff
+                            .get_or_insert_with(|| BACKOFF.build())
+                            .next()
+                            .unwrap_or(MAX_BACKOFF);
                         schedule.next = Instant::now() + backoff;
                         self.failed(name, source, &error, schedule.in_force).await;
                     }
@@ -232,9 +255,8 @@ impl Refresher {
             tracing::warn!(expires_at = %humantime::format_rfc3339_seconds(expires_at), "minted credentials were already expired; trying again in five minutes");
             return MAX_BACKOFF;
         };
-        let point = minted_at
-            + lifetime.mul_f64(self.args.credential_renew_at)
-            + lifetime.mul_f64(0.1 * jitter_fraction());
+        let point =
+            minted_at + lifetime.mul_f64(self.args.credential_renew_at) + jitter(lifetime / 10);
         point
             .duration_since(SystemTime::now())
             .unwrap_or_default()
@@ -416,12 +438,27 @@ pub fn minted_secret(
     }
 }
 
-/// A number in [0, 1) from the clock's nanoseconds: enough to spread replicas apart.
-fn jitter_fraction() -> f64 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
+/// A random time in `[0, spread)`, to spread apart what replicas started together would do at
+/// once: backon's jitter (a constant delay `d` with jitter waits `d` plus up to `d`).
+pub fn jitter(spread: Duration) -> Duration {
+    // Far beyond any real spread; keeps `d + d` from overflowing.
+    let spread = spread.min(Duration::MAX / 4);
+    let waited = ConstantBuilder::new()
+        .with_delay(spread)
+        .with_jitter()
+        .build()
+        .next()
+        .unwrap_or(spread);
+    waited.saturating_sub(spread)
+}
+
+/// Removes every minted secret's series when dropped.
+struct ForgetMinted<'a>(&'a Metrics);
+
+impl Drop for ForgetMinted<'_> {
+    fn drop(&mut self) {
+        self.0.forget_all_minted();
+    }
 }
 
 /// Mints once for `name` under `config`, for the `token` command.
@@ -437,4 +474,37 @@ pub async fn mint_once(
     })?;
     let keys = config.registry_keys(name);
     Ok(mint(source, &keys, env).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_spreads_within_its_bound() {
+        let spread = Duration::from_secs(60);
+        let draws: Vec<Duration> = (0..200).map(|_| jitter(spread)).collect();
+        assert!(draws.iter().all(|d| *d < spread), "{draws:?}");
+        // Spread out, not one value: replicas started together must not act together.
+        let early = draws.iter().filter(|d| **d < spread / 2).count();
+        assert!(
+            (40..=160).contains(&early),
+            "{early} of 200 in the first half"
+        );
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        assert!(jitter(Duration::MAX) < Duration::MAX);
+    }
+
+    #[test]
+    fn renewal_retries_back_off_from_five_seconds_to_five_minutes() {
+        let delays: Vec<Duration> = BACKOFF.build().take(20).collect();
+        assert_eq!(delays.len(), 20, "never gives up");
+        // Doubling from 5 s, each plus up to as much again, never past five minutes.
+        let mut base = FIRST_BACKOFF;
+        for delay in &delays {
+            assert!((base..base * 2).contains(delay), "{base:?}: {delays:?}");
+            assert!(*delay < MAX_BACKOFF, "{delays:?}");
+            base = (base * 2).min(MAX_BACKOFF / 2);
+        }
+    }
 }

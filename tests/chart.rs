@@ -732,7 +732,12 @@ fn dashboard_and_alerts_query_metrics_the_binary_exports() {
     metrics.repair("evicted");
     metrics.credential_refresh("s", "success");
     metrics.credential_expiry("s", now);
-    metrics.credential_check("s", "ghcr.io", "ok", now);
+    metrics.credential_check(
+        "s",
+        "ghcr.io",
+        pullsecret_injector::registry::Verdict::WouldPull,
+        now,
+    );
     let exported: std::collections::BTreeSet<String> = metrics
         .encode()
         .lines()

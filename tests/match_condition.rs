@@ -305,34 +305,202 @@ fn no_rules_sends_no_pod() {
     );
 }
 
+/// The API server's cost limit for one CEL expression: `PerCallLimit` in
+/// k8s.io/apiserver/pkg/apis/cel/config.go.
+const API_SERVER_PER_CALL_LIMIT: u64 = 1_000_000;
+/// What cel-go's `exists` macro adds per element besides its predicate: the loop condition
+/// (`@not_strictly_false(!__result__)`: an identifier and two calls) and the step's identifier
+/// (`__result__ || predicate`), with one to spare.
+const FOLD_PER_ELEMENT: u64 = 5;
+/// What it adds once: the result's identifier, with one to spare.
+const FOLD_ONCE: u64 = 2;
+
+/// One `list.exists(var, predicate)` of the expression, as its text says.
+struct Comprehension {
+    list: String,
+    /// Longest image the predicate's `size(...) <= N` guard lets through to `matches`.
+    max_len: u64,
+    /// The regular expression given to `matches`.
+    regex: String,
+    /// The predicate's text with the regex literal taken out.
+    rest: String,
+}
+
+/// The text of `text` up to the parenthesis that closes the one opened just before it,
+/// stepping over raw string literals.
+fn until_close(text: &str) -> &str {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\'' => in_string = !in_string,
+            '(' if !in_string => depth += 1,
+            ')' if !in_string && depth == 0 => return &text[..i],
+            ')' if !in_string => depth -= 1,
+            _ => {}
+        }
+    }
+    panic!("unbalanced: {text}")
+}
+
+/// The number right after the first `marker` in `text`.
+fn number_after(text: &str, marker: &str) -> u64 {
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
+        + marker.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// The comprehensions of `expression` and the rest of its text.
+fn comprehensions(expression: &str) -> (Vec<Comprehension>, String) {
+    let mut found = Vec::new();
+    let mut outside = String::new();
+    let mut rest = expression;
+    while let Some(at) = rest.find(".exists(") {
+        let list = rest[..at].rsplit('.').next().unwrap().to_owned();
+        outside.push_str(&rest[..at]);
+        let body = until_close(&rest[at + ".exists(".len()..]);
+        rest = &rest[at + ".exists(".len() + body.len() + 1..];
+        let max_len = number_after(body, ") <= ");
+        let open = body.find(".matches(r'").expect("a matches call") + ".matches(r'".len();
+        let close = open + body[open..].find('\'').expect("the regex literal ends");
+        found.push(Comprehension {
+            list,
+            max_len,
+            regex: body[open..close].to_owned(),
+            rest: format!("{}{}", &body[..open], &body[close..]),
+        });
+    }
+    outside.push_str(rest);
+    (found, outside)
+}
+
+/// At most what `text` costs cel-go outside any `matches`: every identifier, field name,
+/// function name and operator costs at most 1 (constants cost 0, counted anyway), so the
+/// number of such tokens bounds it.
+fn token_cost(text: &str) -> u64 {
+    let mut tokens = 0;
+    let mut previous: Option<bool> = None;
+    for c in text.chars() {
+        let kind = if c.is_ascii_alphanumeric() || c == '_' {
+            Some(true)
+        } else if "<>=!&|?:+-".contains(c) {
+            Some(false)
+        } else {
+            None
+        };
+        if kind.is_some() && kind != previous {
+            tokens += 1;
+        }
+        previous = kind;
+    }
+    tokens
+}
+
+/// cel-go's runtime cost of `s.matches(regex)` (interpreter/runtimecost.go):
+/// `ceil((1 + size(s)) * 0.1) * ceil(size(regex) * 0.25)`, sizes in code points.
+fn matches_cost(string_len: u64, regex: &str) -> u64 {
+    let string_cost = ((1.0 + string_len as f64) * 0.1).ceil() as u64;
+    let regex_cost = (regex.chars().count() as f64 * 0.25).ceil() as u64;
+    string_cost * regex_cost
+}
+
+/// The most `expression` can cost cel-go for any Pod, from its text alone (not from the
+/// generator's own numbers): a Pod with as many images as the count guard lets through, all
+/// in the costliest list, each as long as the length guard allows and matching no rule (so
+/// `exists` looks at every one). Also that Pod's costliest list, image bound and image length.
+fn worst_case_from_text(expression: &str) -> (u64, String, u64, u64) {
+    let max_images = number_after(expression, " > ");
+    let (lists, outside) = comprehensions(expression);
+    assert_eq!(
+        lists.len(),
+        4,
+        "containers, init, ephemeral, volumes: {expression}"
+    );
+    let costliest = lists
+        .iter()
+        .max_by_key(|c| matches_cost(c.max_len, &c.regex) + token_cost(&c.rest))
+        .unwrap();
+    let per_image = matches_cost(costliest.max_len, &costliest.regex)
+        + token_cost(&costliest.rest)
+        + FOLD_PER_ELEMENT;
+    let cost = token_cost(&outside) + FOLD_ONCE * lists.len() as u64 + max_images * per_image;
+    (cost, costliest.list.clone(), max_images, costliest.max_len)
+}
+
+/// A Pod with `count` images of `len` characters in `list`: `prefix`, a number, `/`, padding.
+fn pod_of(list: &str, count: u64, len: u64, prefix: &str) -> Value {
+    let image = |i: u64| {
+        let head = format!("{prefix}{i}/");
+        format!("{head}{}", "x".repeat(len as usize - head.len()))
+    };
+    let items: Vec<Value> = (0..count)
+        .map(|i| match list {
+            "volumes" => json!({ "name": format!("v{i}"), "image": { "reference": image(i) } }),
+            _ => json!({ "name": format!("c{i}"), "image": image(i) }),
+        })
+        .collect();
+    json!({ "spec": { list: items } })
+}
+
 #[test]
 fn cost_stays_under_the_api_server_limit_whatever_the_pod() {
-    for n in [1usize, 5, 20, 100, 400] {
-        let rules: Vec<String> = (0..n)
-            .map(|i| format!("registry-{i}.team-{i}.example.com/project-{i}"))
-            .collect();
-        let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
-        let condition = ImageCondition::new(&config(&rules));
-        assert!(
-            condition.worst_case_cost() <= PER_CALL_LIMIT,
-            "{n} rules: {}",
-            condition.worst_case_cost()
-        );
-        assert!(condition.expression.len() <= MAX_EXPRESSION_LEN);
-        if condition.expression == "true" {
-            assert!(n >= 400, "{n} rules should still fit");
+    assert_eq!(PER_CALL_LIMIT, API_SERVER_PER_CALL_LIMIT);
+    // Each config with an image prefix one of its rules matches.
+    let mut configs: Vec<(String, Config, &str)> = [1usize, 5, 20, 100, 400]
+        .iter()
+        .map(|&n| {
+            let rules: Vec<String> = (0..n)
+                .map(|i| format!("registry-{i}.team-{i}.example.com/project-{i}"))
+                .collect();
+            let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+            (
+                format!("{n} rules"),
+                config(&rules),
+                "registry-0.team-0.example.com/project-0/",
+            )
+        })
+        .collect();
+    configs.push((
+        "the example config".into(),
+        common::example_config(),
+        "ghcr.io/acme/",
+    ));
+    configs.push((
+        "globs and Docker Hub".into(),
+        config(&["*.io", "docker.io/library", "ghcr.io/acme", "[::1]:5000"]),
+        "ghcr.io/acme/",
+    ));
+    for (what, config, matching) in &configs {
+        let condition = ImageCondition::new(config);
+        let expression = &condition.expression;
+        assert!(expression.len() <= MAX_EXPRESSION_LEN);
+        if expression == "true" {
+            assert_eq!(what, "400 rules", "{what} should still fit");
             continue;
         }
-        assert!(condition.max_images >= 1, "{n} rules");
-        // A Pod with more images than the budget covers is sent unexamined.
-        let many: Vec<Value> = (0..=condition.max_images)
-            .map(|i| json!({ "name": format!("c{i}"), "image": "quay.io/x" }))
-            .collect();
-        let pod = json!({ "spec": { "containers": many } });
-        assert_eq!(eval(&condition.expression, &pod), Ok(true), "{n} rules");
-        // At the bound itself the images are looked at.
-        let pod = json!({ "spec": { "containers": many[1..] } });
-        assert_eq!(eval(&condition.expression, &pod), Ok(false), "{n} rules");
+        let (cost, list, max_images, max_len) = worst_case_from_text(expression);
+        assert!(
+            cost <= API_SERVER_PER_CALL_LIMIT,
+            "{what}: {max_images} images of {max_len} characters in {list} cost up to {cost}"
+        );
+        assert!(max_images >= 1, "{what}");
+        // That Pod is evaluated, every image up to the longest: one more image and it is
+        // sent unexamined; the last image, as long as allowed, is still matched.
+        let none = pod_of(&list, max_images, max_len, "unmatched.example.org/x");
+        assert_eq!(eval(expression, &none), Ok(false), "{what}");
+        let more = pod_of(&list, max_images + 1, max_len, "unmatched.example.org/x");
+        assert_eq!(eval(expression, &more), Ok(true), "{what}");
+        let mut last = none.clone();
+        let matching = pod_of(&list, 1, max_len, matching)["spec"][&list][0].clone();
+        let items = last["spec"][&list].as_array_mut().unwrap();
+        *items.last_mut().unwrap() = matching;
+        assert_eq!(eval(expression, &last), Ok(true), "{what}");
     }
     // The example config leaves room for hundreds of containers.
     let example = ImageCondition::new(&common::example_config());

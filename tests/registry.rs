@@ -802,17 +802,7 @@ async fn the_checker_follows_its_sources_and_reports_a_failure() {
             "pullsecret_injector_credential_check{{secret=\"local-registry\",registry=\"{host}\",result=\"{result}\"}} 1"
         ))
     };
-    let wait = |what: &'static str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                metrics.encode()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| wait_for(&metrics, what, done);
     wait("the first check at start", &|| result(&metrics, "ok"));
     // The password changes for a stale one: checked again at once, not at the next interval.
     put("stale-password");
@@ -838,4 +828,141 @@ async fn the_checker_follows_its_sources_and_reports_a_failure() {
     );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    // A stopped checker renews nothing: its last results go.
+    assert!(
+        series_of(&metrics, "local-registry").is_empty(),
+        "{}",
+        metrics.encode()
+    );
+}
+
+/// Waits up to 20 s (the checker's tasks run on other threads) until `done` holds.
+fn wait_for(metrics: &pullsecret_injector::metrics::Metrics, what: &str, done: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            metrics.encode()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The series lines of `metrics` naming `secret`.
+fn series_of(metrics: &pullsecret_injector::metrics::Metrics, secret: &str) -> Vec<String> {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&format!("secret=\"{secret}\"")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A reload that drops a rule and a minted secret takes their series with it, the checker's
+/// and the refresher's: a last failing result or a dead expiry time left behind would keep an
+/// alert firing for good. Nothing here leaves loopback: the sources hold no entry for the
+/// checked registry, or name a closed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_a_rule_or_a_minted_secret_drops_their_series() {
+    use pullsecret_injector::config::Config;
+    use pullsecret_injector::credential_check::{CheckArgs, Checker};
+    use pullsecret_injector::metrics::Metrics;
+    use pullsecret_injector::refresh::{CredentialArgs, Refresher};
+    use pullsecret_injector::watch::ConfigStore;
+
+    let api = fake_api::FakeApi::default();
+    for name in ["dropped", "kept"] {
+        api.put_secret(
+            "psi",
+            name,
+            json!({ "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(docker_config("other.example", USER, PASSWORD)) } }),
+        );
+    }
+    let plugin = format!(
+        "{}/tests/plugins/good-provider.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let kept_rule = "  - match: 127.0.0.1:2/kept\n    secret: kept\n";
+    let before = Config::from_yaml(&format!(
+        "registries:\n  - match: 127.0.0.1:2/gone\n    secret: dropped\n{kept_rule}  - match: 127.0.0.1:1/minted\n    secret: minted\nsecrets:\n  minted:\n    credentialProvider: {{command: {plugin}}}\n"
+    ))
+    .unwrap()
+    .0;
+    let after = Config::from_yaml(&format!("registries:\n{kept_rule}"))
+        .unwrap()
+        .0;
+    let store = Arc::new(ConfigStore::new(before));
+    let metrics = Arc::new(Metrics::new());
+    let http = HttpClient::new(Duration::from_secs(5)).unwrap();
+    let checker = Checker::new(
+        api.client(),
+        "psi".to_owned(),
+        store.clone(),
+        metrics.clone(),
+        http.clone(),
+        &CheckArgs {
+            credential_check_interval: Duration::from_secs(3600),
+        },
+    );
+    let refresher = Refresher::new(
+        api.client(),
+        "psi".to_owned(),
+        store.clone(),
+        metrics.clone(),
+        http,
+        CredentialArgs::default(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let tasks = [
+        tokio::spawn(checker.run(stopped())),
+        tokio::spawn(refresher.run(stopped())),
+    ];
+    let wait = |what: &str, done: &dyn Fn() -> bool| wait_for(&metrics, what, done);
+    let failing = |secret: &str, result: &str| {
+        series_of(&metrics, secret).iter().any(|l| {
+            l.starts_with("pullsecret_injector_credential_check{")
+                && l.contains(&format!("result=\"{result}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    wait("the checks and the minting", &|| {
+        failing("dropped", "no_auth_entry")
+            && failing("kept", "no_auth_entry")
+            && failing("minted", "unreachable")
+            && series_of(&metrics, "minted")
+                .iter()
+                .any(|l| l.starts_with("pullsecret_injector_credential_expiry_timestamp_seconds"))
+    });
+
+    store.store(after);
+    wait("the dropped series to go", &|| {
+        series_of(&metrics, "dropped").is_empty() && series_of(&metrics, "minted").is_empty()
+    });
+    // What the config still names stays.
+    assert!(failing("kept", "no_auth_entry"), "{}", metrics.encode());
+    assert!(
+        series_of(&metrics, "kept")
+            .iter()
+            .any(|l| l.starts_with("pullsecret_injector_credential_check_timestamp_seconds")),
+        "{}",
+        metrics.encode()
+    );
+
+    // Stopped, the tasks take the rest of their series.
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    assert!(
+        series_of(&metrics, "kept").is_empty(),
+        "{}",
+        metrics.encode()
+    );
 }

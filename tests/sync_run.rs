@@ -309,9 +309,42 @@ async fn a_5xx_storm_backs_off_then_converges() {
     let secrets = ["a", "b"];
     let namespaces = cluster(&api, 10, &secrets);
     let sync = Running::start(&api, &secrets, args(), KubeArgs::default());
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    api.fail_next(200, 500, None);
-    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(300)).await);
+    assert!(copies_everywhere(&api, &namespaces, &secrets, Duration::from_secs(60)).await);
+
+    // For a minute every new request is answered 500, while both sources rotate: every
+    // namespace's reconcile fails, again and again.
+    let storm = Duration::from_secs(60);
+    let start = tokio::time::Instant::now();
+    api.fail_next(100_000, 500, None);
+    for s in secrets {
+        api.put_secret(OWN_NS, s, source(&format!("{s}-2")));
+    }
+    tokio::time::sleep(storm).await;
+    api.state().faults.clear();
+    let during = api
+        .requests()
+        .iter()
+        .filter(|r| r.at >= start && r.at < start + storm)
+        .count();
+    // Backing off from 1 s and doubling, each namespace's reconcile runs 6 times in the minute
+    // (at 0, 1, 3, 7, 15 and 31 s; 7 allowed), one failed write per secret each; open watches
+    // send nothing new. Requeued at once, it is tens of thousands.
+    let bound = namespaces.len() * secrets.len() * 7 + 20;
+    assert!(
+        during <= bound,
+        "{during} requests during a one-minute storm (at most {bound} with backoff)"
+    );
+    assert!(during >= namespaces.len(), "the storm was met: {during}");
+
+    // And it converges on the new data once the API server answers again.
+    let current = |api: &FakeApi| {
+        namespaces.iter().all(|ns| {
+            secrets
+                .iter()
+                .all(|s| data(api, ns, s) == data(api, OWN_NS, s))
+        })
+    };
+    assert!(eventually(Duration::from_secs(300), || current(&api)).await);
     sync.stop().await;
 }
 
