@@ -18,13 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
 
@@ -35,6 +32,7 @@ use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::refresh::jitter;
 use crate::registry::{self, Endpoint, Verdict};
+use crate::sync::Sources;
 use crate::watch::ConfigStore;
 
 /// Checks of all sources and registries, per minute, at most.
@@ -158,8 +156,8 @@ struct Schedule {
 
 /// Runs the checks until `stop`.
 pub struct Checker {
-    client: Client,
     namespace: String,
+    sources: Sources,
     config: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
     http: HttpClient,
@@ -169,18 +167,20 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// Checks the sources in `namespace`, as the sync's watch of them (`sources`) shows them.
     pub fn new(
-        client: Client,
+        client: &Client,
         namespace: String,
+        sources: Sources,
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         http: HttpClient,
         args: &CheckArgs,
     ) -> Self {
         Self {
-            recorder: crate::kube_client::recorder(&client),
-            client,
+            recorder: crate::kube_client::recorder(client),
             namespace,
+            sources,
             config,
             metrics,
             http,
@@ -200,27 +200,21 @@ impl Checker {
             tracing::info!("credential checks are off (--credential-check-interval 0s)");
             return;
         }
-        let (sources, writer) = reflector::store::<Secret>();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let watch = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .for_each(|_| futures::future::ready(()));
-        let watch = tokio::spawn(watch);
         let mut stop = std::pin::pin!(futures::FutureExt::fuse(stop));
         let mut schedules: HashMap<Target, Schedule> = HashMap::new();
         let budget = budget();
         // Dropped when this task ends, whichever way: the series go with it.
         let _forget = ForgetChecks(&self.metrics);
         loop {
-            self.round(&sources, &mut schedules, &budget).await;
+            // Until the sync's watch has listed the sources there is nothing to check.
+            if let Some(sources) = self.sources.get() {
+                self.round(&sources, &mut schedules, &budget).await;
+            }
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = &mut stop => break,
             }
         }
-        watch.abort();
     }
 
     /// One pass: every target that is due, or whose source changed, within the budget.

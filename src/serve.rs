@@ -24,7 +24,7 @@ use crate::refresh::{CredentialArgs, Refresher};
 use crate::repair::{self, RepairArgs};
 use crate::server::{self, AppState, Limits};
 use crate::supervise::Tasks;
-use crate::sync::{self, SyncArgs, Verifier};
+use crate::sync::{self, Sources, SyncArgs, Verifier};
 use crate::tls::{self, CertResolver, TlsArgs};
 use crate::watch::{ConfigStore, Reload, load_config};
 
@@ -263,6 +263,8 @@ async fn start_cluster_tasks(
     if args.no_sync {
         return Verifier::disabled();
     }
+    // One watch of the source Secrets, the sync's, read by the checker too.
+    let sources = Sources::default();
     // Minted secrets' sources are written here and copied by the sync like any other.
     match HttpClient::new(Duration::from_secs(30)) {
         Ok(http) => {
@@ -276,6 +278,7 @@ async fn start_cluster_tasks(
             let checker_parts = (
                 client.clone(),
                 namespace.clone(),
+                sources.clone(),
                 store.clone(),
                 metrics.clone(),
                 http.clone(),
@@ -293,8 +296,9 @@ async fn start_cluster_tasks(
                 .run(stop.cancelled_owned())
             });
             tasks.spawn_leading("credential-check", leadership.clone(), move |stop| {
-                let (client, namespace, store, metrics, http, checks) = checker_parts.clone();
-                Checker::new(client, namespace, store, metrics, http, &checks)
+                let (client, namespace, sources, store, metrics, http, checks) =
+                    checker_parts.clone();
+                Checker::new(&client, namespace, sources, store, metrics, http, &checks)
                     .run(stop.cancelled_owned())
             });
         }
@@ -318,6 +322,7 @@ async fn start_cluster_tasks(
                 store.clone(),
                 metrics.clone(),
                 sync.clone(),
+                sources.clone(),
                 stop.cancelled_owned(),
             )
         });

@@ -574,6 +574,7 @@ async fn the_running_refresher_and_sync_keep_every_copy_current_with_the_same_by
         store,
         metrics.clone(),
         pullsecret_injector::sync::SyncArgs::default(),
+        pullsecret_injector::sync::Sources::default(),
         stopped(stop_rx),
     ));
 

@@ -783,8 +783,9 @@ async fn the_checker_follows_its_sources_and_reports_a_failure() {
     .0;
     let metrics = Arc::new(pullsecret_injector::metrics::Metrics::new());
     let checker = Checker::new(
-        api.client(),
+        &api.client(),
         "psi".to_owned(),
+        watched_sources(&api, "psi"),
         Arc::new(ConfigStore::new(config)),
         metrics.clone(),
         HttpClient::new(Duration::from_secs(5)).unwrap(),
@@ -896,8 +897,9 @@ async fn a_reload_that_drops_a_rule_or_a_minted_secret_drops_their_series() {
     let metrics = Arc::new(Metrics::new());
     let http = HttpClient::new(Duration::from_secs(5)).unwrap();
     let checker = Checker::new(
-        api.client(),
+        &api.client(),
         "psi".to_owned(),
+        watched_sources(&api, "psi"),
         store.clone(),
         metrics.clone(),
         http.clone(),
@@ -965,4 +967,12 @@ async fn a_reload_that_drops_a_rule_or_a_minted_secret_drops_their_series() {
         "{}",
         metrics.encode()
     );
+}
+
+/// The source Secrets' watch, run as the sync runs it on the leader, for a checker to read.
+fn watched_sources(api: &fake_api::FakeApi, namespace: &str) -> pullsecret_injector::sync::Sources {
+    let sources = pullsecret_injector::sync::Sources::default();
+    let (watching, client, namespace) = (sources.clone(), api.client(), namespace.to_owned());
+    tokio::spawn(async move { watching.watch(client, &namespace, |_| {}).await });
+    sources
 }

@@ -114,6 +114,7 @@ impl Running {
             store.clone(),
             metrics.clone(),
             args,
+            sync::Sources::default(),
             async move {
                 let _ = stop_rx.await;
             },

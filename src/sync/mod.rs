@@ -21,6 +21,7 @@
 
 mod memory;
 mod reconcile;
+mod sources;
 mod verify;
 
 use std::future::Future;
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector;
@@ -39,10 +40,11 @@ use kube::{Api, Client, ResourceExt};
 pub use reconcile::{
     Context, Error, NamespaceMeta, content_hash, copy_of, error_policy, is_opted_in, reconcile,
 };
+pub use sources::Sources;
 pub use verify::{Verifier, run as run_read_backs};
 
 use crate::metrics::Metrics;
-use crate::names::{DOCKER_CFG, DOCKER_CONFIG_JSON, INJECT_LABEL};
+use crate::names::INJECT_LABEL;
 use crate::watch::ConfigStore;
 
 #[derive(Clone, Debug, Args)]
@@ -72,56 +74,50 @@ impl Default for SyncArgs {
     }
 }
 
-/// Runs the sync until `stop` completes.
+/// Runs the sync until `stop` completes, publishing the sources' store to `sources`.
 pub async fn run(
     client: Client,
     namespace: String,
     config: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
     args: SyncArgs,
+    sources: Sources,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let stop = stop.shared();
 
-    // The sources' reflector runs on its own task, so its store fills whatever the
-    // controller does; reconciles never wait for it (see below).
-    let (sources, writer) = reflector::store::<Secret>();
+    // The sources' watch runs on its own task, so its store fills whatever the controller
+    // does; reconciles never wait for it (see below). The credential checker reads the same
+    // store.
     let (changed_tx, changed_rx) = futures::channel::mpsc::channel::<()>(1);
-    let source_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let watched_config = config.clone();
-    let source_task = tokio::spawn(
-        reflector::reflector(
-            writer,
-            watcher(source_api, watcher::Config::default())
-                .default_backoff()
-                .modify(slim_source),
-        )
-        .touched_objects()
-        .for_each(move |secret| {
-            match secret {
-                Ok(secret) if watched_config.load().secrets().contains(&secret.name_any()) => {
-                    // Full means a reconcile of everything is pending already.
-                    let _ = changed_tx.clone().try_send(());
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "watch of the source Secrets failed; retrying")
-                }
-            }
-            futures::future::ready(())
-        }),
-    );
+    let source_task = {
+        let (sources, client, namespace, config) = (
+            sources.clone(),
+            client.clone(),
+            namespace.clone(),
+            config.clone(),
+        );
+        tokio::spawn(async move {
+            sources
+                .watch(client, &namespace, |secret| {
+                    if config.load().secrets().contains(&secret.name_any()) {
+                        // Full means a reconcile of everything is pending already.
+                        let _ = changed_tx.clone().try_send(());
+                    }
+                })
+                .await
+        })
+    };
 
-    // Before the first list of sources every source would look missing. Waited for once,
-    // here: the store's readiness wakes a single waiter, so reconciles that each waited on
-    // it were left pending for good, holding their namespaces without copies.
-    tokio::select! {
-        _ = sources.wait_until_ready() => {}
+    // Before the first list of sources every source would look missing: waited for once,
+    // here, before any reconcile.
+    let sources = tokio::select! {
+        store = sources.ready() => store,
         () = stop.clone() => {
             source_task.abort();
             return;
         }
-    }
+    };
     tracing::info!(
         sources = sources.state().len(),
         "source Secrets listed; reconciling namespaces"
@@ -198,15 +194,4 @@ fn slim_namespace(ns: &mut NamespaceMeta) {
     meta.resource_version = None;
     meta.creation_timestamp = None;
     meta.generation = None;
-}
-
-/// What the sources' store keeps of a Secret in our namespace: no managed fields, and no
-/// data unless it is of a pull-secret type (Helm keeps its releases as large Secrets here).
-fn slim_source(secret: &mut Secret) {
-    secret.managed_fields_mut().clear();
-    let type_ = secret.type_.as_deref().unwrap_or_default();
-    if type_ != DOCKER_CONFIG_JSON && type_ != DOCKER_CFG {
-        secret.data = None;
-        secret.string_data = None;
-    }
 }

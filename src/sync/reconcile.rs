@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{
@@ -273,12 +274,19 @@ async fn clear(
     Ok(Action::await_change())
 }
 
-/// Retries a failed namespace with exponential backoff, 1 s up to a minute.
+/// Retries a failed namespace with exponential backoff, 1 s up to a minute (the client's rate
+/// limit spreads the namespaces of one outage).
 pub fn error_policy(ns: Arc<NamespaceMeta>, _error: &Error, ctx: Arc<Context>) -> Action {
     let mut failures = lock(&ctx.failures);
     let count = failures.entry(ns.name_any()).or_insert(0);
-    *count = count.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*count - 1).min(9)).min(MAX_BACKOFF);
+    *count = count.saturating_add(1).min(16);
+    let delay = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(MAX_BACKOFF)
+        .without_max_times()
+        .build()
+        .nth(*count as usize - 1)
+        .unwrap_or(MAX_BACKOFF);
     Action::requeue(delay)
 }
 
