@@ -11,11 +11,14 @@
 //!
 //! Loopback only; every wait is bounded.
 
+mod common;
 #[path = "../tests/fake_api/mod.rs"]
 mod fake_api;
 
+use common::free_port;
+
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,20 +37,7 @@ const USER: &str = "puller";
 const PASSWORD: &str = "s3cret";
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--bin",
-            "pullsecret-injector",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "release build failed");
-    let binary = root.join("target/release/pullsecret-injector");
+    let binary = common::release_binary();
     let seconds = std::env::var("REPLICAS_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -157,13 +147,6 @@ fn source(registry: &str) -> Value {
             "data": { ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config) } })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn start(binary: &Path, dir: &Path, identity: &str) -> Child {
     Command::new(binary)
         .args(["serve", "--config"])
@@ -213,20 +196,9 @@ async fn run(binary: &Path, replicas: usize, window: Duration) -> Counts {
     }
     api.add_namespace(OWN_NS, false);
     api.put_secret(OWN_NS, "registry-pull", source(&host));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let api_task = tokio::spawn(api.clone().serve_http(listener));
-
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
+    api.serve_with_kubeconfig(&dir.path().join("kubeconfig"))
+        .await;
     std::fs::write(
         dir.path().join("config.yaml"),
         format!(
@@ -264,7 +236,6 @@ async fn run(binary: &Path, replicas: usize, window: Duration) -> Counts {
         "every copy made (logs in {:?})",
         dir.path()
     );
-    api_task.abort();
     registry_task.abort();
     counts
 }

@@ -20,10 +20,13 @@
 //!
 //! Loopback only; every wait is bounded.
 
+mod common;
 #[path = "../tests/fake_api/mod.rs"]
 mod fake_api;
 
-use std::path::{Path, PathBuf};
+use common::free_port;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -53,20 +56,7 @@ fn main() {
     } else {
         sizes
     };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--bin",
-            "pullsecret-injector",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "release build failed");
-    let binary = root.join("target/release/pullsecret-injector");
+    let binary = common::release_binary();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -159,13 +149,6 @@ impl Injector {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Polls `done` every 20 ms until it holds or `limit` passes; the time it took.
 async fn time_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -213,20 +196,9 @@ async fn run(binary: &Path, n: usize, latency: Duration, resync: Duration) -> St
     for s in SECRETS {
         api.put_secret(OWN_NS, s, source("v1"));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(api.clone().serve_http(listener));
-
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
+    api.serve_with_kubeconfig(&dir.path().join("kubeconfig"))
+        .await;
     let mut config = String::from("registries:\n");
     for (i, s) in SECRETS.iter().enumerate() {
         config.push_str(&format!("  - match: r{i}.example.com\n    secret: {s}\n"));

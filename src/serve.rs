@@ -208,6 +208,18 @@ fn abort() -> ! {
     std::process::exit(130)
 }
 
+/// What every cluster task is built from; cloned into each task's factory.
+#[derive(Clone)]
+struct Cluster {
+    client: kube::Client,
+    /// The release namespace: the sources, the minted secrets and the Lease live here.
+    namespace: String,
+    config: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    /// The sync's watch of the sources, read by the checker too.
+    sources: Sources,
+}
+
 /// Starts the cluster work, each part when it is wanted and a cluster answers: the leader
 /// election, and under it the sync, the refresher, the checker and the repairer; on every
 /// replica the read-back on admission. Returns the webhook's handle on the read-backs.
@@ -230,10 +242,16 @@ async fn start_cluster_tasks(
             return Verifier::disabled();
         }
     };
-    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    let cluster = Cluster {
+        client,
+        namespace: args.namespace.clone().unwrap_or_else(own_namespace),
+        config: store.clone(),
+        metrics: metrics.clone(),
+        sources: Sources::default(),
+    };
     let (election, leadership) = Election::new(
-        client.clone(),
-        namespace.clone(),
+        cluster.client.clone(),
+        cluster.namespace.clone(),
         args.leader.clone(),
         metrics.clone(),
     );
@@ -244,17 +262,13 @@ async fn start_cluster_tasks(
     });
 
     if args.repair.enabled {
-        let (client, store, metrics, repair) = (
-            client.clone(),
-            store.clone(),
-            metrics.clone(),
-            args.repair.clone(),
-        );
+        let (c, repair) = (cluster.clone(), args.repair.clone());
         tasks.spawn_leading("repair", leadership.clone(), move |stop| {
+            let c = c.clone();
             repair::run(
-                client.clone(),
-                store.clone(),
-                metrics.clone(),
+                c.client,
+                c.config,
+                c.metrics,
                 repair.clone(),
                 stop.cancelled_owned(),
             )
@@ -263,86 +277,65 @@ async fn start_cluster_tasks(
     if args.no_sync {
         return Verifier::disabled();
     }
-    // One watch of the source Secrets, the sync's, read by the checker too.
-    let sources = Sources::default();
     // Minted secrets' sources are written here and copied by the sync like any other.
     match HttpClient::new(Duration::from_secs(30)) {
         Ok(http) => {
-            let (client, namespace, store, metrics, credentials) = (
-                client.clone(),
-                namespace.clone(),
-                store.clone(),
-                metrics.clone(),
-                args.credentials.clone(),
-            );
-            let checker_parts = (
-                client.clone(),
-                namespace.clone(),
-                sources.clone(),
-                store.clone(),
-                metrics.clone(),
-                http.clone(),
-                args.checks.clone(),
-            );
+            let (c, h, credentials) = (cluster.clone(), http.clone(), args.credentials.clone());
             tasks.spawn_leading("refresh", leadership.clone(), move |stop| {
+                let c = c.clone();
                 Refresher::new(
-                    client.clone(),
-                    namespace.clone(),
-                    store.clone(),
-                    metrics.clone(),
-                    http.clone(),
+                    c.client,
+                    c.namespace,
+                    c.config,
+                    c.metrics,
+                    h.clone(),
                     credentials.clone(),
                 )
                 .run(stop.cancelled_owned())
             });
+            let (c, checks) = (cluster.clone(), args.checks.clone());
             tasks.spawn_leading("credential-check", leadership.clone(), move |stop| {
-                let (client, namespace, sources, store, metrics, http, checks) =
-                    checker_parts.clone();
-                Checker::new(&client, namespace, sources, store, metrics, http, &checks)
-                    .run(stop.cancelled_owned())
+                let c = c.clone();
+                Checker::new(
+                    &c.client,
+                    c.namespace,
+                    c.sources,
+                    c.config,
+                    c.metrics,
+                    http.clone(),
+                    &checks,
+                )
+                .run(stop.cancelled_owned())
             });
         }
         Err(error) => {
             tracing::error!(%error, "cannot load the system's TLS roots: minted secrets are not renewed");
         }
     }
-    tracing::info!(%namespace, "secret sync starts on the leader");
-    {
-        let (client, namespace, store, metrics, sync) = (
-            client.clone(),
-            namespace.clone(),
-            store.clone(),
-            metrics.clone(),
-            args.sync.clone(),
-        );
-        tasks.spawn_leading("sync", leadership, move |stop| {
-            sync::run(
-                client.clone(),
-                namespace.clone(),
-                store.clone(),
-                metrics.clone(),
-                sync.clone(),
-                sources.clone(),
-                stop.cancelled_owned(),
-            )
-        });
-    }
+    tracing::info!(namespace = %cluster.namespace, "secret sync starts on the leader");
+    let (c, sync) = (cluster.clone(), args.sync.clone());
+    tasks.spawn_leading("sync", leadership, move |stop| {
+        let c = c.clone();
+        sync::run(
+            c.client,
+            c.namespace,
+            c.config,
+            c.metrics,
+            sync.clone(),
+            c.sources,
+            stop.cancelled_owned(),
+        )
+    });
+
     let (verifier, requests) = Verifier::new(args.sync.verify_on_admission);
     // One receiver for the task's every start.
     let requests = Arc::new(tokio::sync::Mutex::new(requests));
-    let (store, metrics) = (store.clone(), metrics.clone());
     tasks.spawn("read-back", move |stop| {
-        let (client, namespace, store, metrics, requests) = (
-            client.clone(),
-            namespace.clone(),
-            store.clone(),
-            metrics.clone(),
-            requests.clone(),
-        );
+        let (c, requests) = (cluster.clone(), requests.clone());
         async move {
             let mut requests = requests.lock().await;
             let requests = (&mut *requests).take_until(stop.cancelled());
-            sync::run_read_backs(client, namespace, store, metrics, requests).await;
+            sync::run_read_backs(c.client, c.namespace, c.config, c.metrics, requests).await;
         }
     });
     verifier

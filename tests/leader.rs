@@ -219,19 +219,9 @@ async fn a_killed_leader_is_replaced_within_20s_and_its_drift_is_repaired() {
     }
     api.add_namespace(OWN_NS, false);
     api.put_secret(OWN_NS, "gar-pull", source("v1"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(api.clone().serve_http(listener));
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
+    api.serve_with_kubeconfig(&dir.path().join("kubeconfig"))
+        .await;
     std::fs::write(
         dir.path().join("config.yaml"),
         "registries:\n  - match: r0.example.com\n    secret: gar-pull\n",

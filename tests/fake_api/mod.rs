@@ -170,6 +170,24 @@ impl FakeApi {
         }
     }
 
+    /// Serves the fake on a loopback port and writes a kubeconfig for it to `path`: how the
+    /// release binary is pointed at it.
+    pub async fn serve_with_kubeconfig(&self, path: &std::path::Path) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(self.clone().serve_http(listener));
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
+            ),
+        )
+        .expect("kubeconfig");
+        addr
+    }
+
     // ---- objects, as a cluster user would change them ------------------------------------
 
     pub fn add_namespace(&self, name: &str, opted_in: bool) {
