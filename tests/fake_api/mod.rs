@@ -642,6 +642,14 @@ fn selector(query: &HashMap<String, String>) -> impl Fn(&Value) -> bool + Clone 
     }
 }
 
+fn already_exists(resource: &str, name: &str) -> (u16, Value) {
+    status(
+        409,
+        "AlreadyExists",
+        &format!("{resource} \"{name}\" already exists"),
+    )
+}
+
 fn streaming(body: ResponseBody) -> Response<ResponseBody> {
     Response::builder()
         .status(200)
@@ -690,18 +698,19 @@ impl State {
         )
     }
 
-    fn create_secret(&mut self, key: (String, String), mut body: Value) -> (u16, Value) {
-        if self.secrets.contains_key(&key) {
-            return status(
-                409,
-                "AlreadyExists",
-                &format!("secrets \"{}\" already exists", key.1),
-            );
-        }
+    /// The fields the API server sets on a new object.
+    fn stamp_new(&mut self, namespace: &str, body: &mut Value) {
         let rv = self.bump();
         body["metadata"]["uid"] = json!(format!("uid-{rv}"));
         body["metadata"]["resourceVersion"] = json!(rv.to_string());
-        body["metadata"]["namespace"] = json!(key.0);
+        body["metadata"]["namespace"] = json!(namespace);
+    }
+
+    fn create_secret(&mut self, key: (String, String), mut body: Value) -> (u16, Value) {
+        if self.secrets.contains_key(&key) {
+            return already_exists("secrets", &key.1);
+        }
+        self.stamp_new(&key.0, &mut body);
         self.record(&format!("secrets/{}", key.0), "ADDED", body.clone());
         self.secrets.insert(key, body.clone());
         (201, body)
@@ -709,16 +718,9 @@ impl State {
 
     fn create_lease(&mut self, key: (String, String), mut body: Value) -> (u16, Value) {
         if self.leases.contains_key(&key) {
-            return status(
-                409,
-                "AlreadyExists",
-                &format!("leases \"{}\" already exists", key.1),
-            );
+            return already_exists("leases", &key.1);
         }
-        let rv = self.bump();
-        body["metadata"]["uid"] = json!(format!("uid-{rv}"));
-        body["metadata"]["resourceVersion"] = json!(rv.to_string());
-        body["metadata"]["namespace"] = json!(key.0);
+        self.stamp_new(&key.0, &mut body);
         if body.get("spec").is_none_or(Value::is_null) {
             body["spec"] = json!({});
         }
