@@ -327,6 +327,11 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    /// A supervised task exists: its restart count is exported from 0.
+    pub fn task_started(&self, task: &'static str) {
+        let _ = self.task_restarts.get_or_create(&TaskLabels { task });
+    }
+
     pub fn task_restarted(&self, task: &'static str) {
         self.task_restarts.get_or_create(&TaskLabels { task }).inc();
     }

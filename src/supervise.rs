@@ -55,6 +55,7 @@ impl Tasks {
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.metrics.task_started(name);
         let supervised = supervise(name, self.shutdown.clone(), self.metrics.clone(), task);
         self.set
             .spawn(supervised.instrument(tracing::info_span!("task", task = name)));

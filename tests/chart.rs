@@ -730,6 +730,7 @@ fn dashboard_and_alerts_query_metrics_the_binary_exports() {
     metrics.sync_verified("start");
     metrics.kube_api_request("GET", 200);
     metrics.repair("evicted");
+    metrics.task_started("sync");
     metrics.credential_refresh("s", "success");
     metrics.credential_expiry("s", now);
     metrics.credential_check(
