@@ -31,21 +31,23 @@ pub struct CheckPullArgs {
     /// The pull secret: a Secret manifest (YAML or JSON) or a `.dockerconfigjson` file.
     #[arg(
         long,
+        env = "PSI_SECRET_FILE",
         conflicts_with = "namespace",
         required_unless_present = "namespace"
     )]
     pub secret_file: Option<PathBuf>,
     /// Read the injected secrets from this namespace of the cluster (the kubeconfig's).
-    #[arg(long)]
+    #[arg(long, env = "PSI_NAMESPACE")]
     pub namespace: Option<String>,
     /// CA certificates (PEM) the registry's certificate is signed by.
-    #[arg(long)]
+    #[arg(long, env = "PSI_REGISTRY_CA")]
     pub registry_ca: Option<PathBuf>,
-    /// Speak plain HTTP to this registry (`host:port`); loopback hosts always do.
-    #[arg(long)]
+    /// Speak plain HTTP to this registry (`host:port`); loopback hosts always do. Repeatable,
+    /// or comma-separated.
+    #[arg(long, env = "PSI_PLAIN_HTTP", value_delimiter = ',')]
     pub plain_http: Vec<String>,
     /// Time limit of each request.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PSI_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 

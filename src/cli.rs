@@ -65,7 +65,7 @@ pub struct TokenArgs {
     /// The secret to mint.
     pub secret: String,
     /// For gcpServiceAccountKey: read the key from this file instead of its Secret.
-    #[arg(long)]
+    #[arg(long, env = "PSI_KEY_FILE")]
     pub key_file: Option<PathBuf>,
     /// For gcpServiceAccountKey without --key-file: the namespace of the key's Secret
     /// [default: the kubeconfig's namespace].
@@ -88,7 +88,7 @@ pub struct MatchConditionsArgs {
     #[arg(long, env = "PSI_CONFIG")]
     pub config: PathBuf,
     /// What to print.
-    #[arg(long, short, value_enum, default_value_t = RenderOutput::Yaml)]
+    #[arg(long, short, env = "PSI_OUTPUT", value_enum, default_value_t = RenderOutput::Yaml)]
     pub output: RenderOutput,
 }
 
@@ -108,7 +108,7 @@ pub struct MutateArgs {
     #[arg(long, env = "PSI_CONFIG")]
     pub config: PathBuf,
     /// What to print.
-    #[arg(long, short, value_enum, default_value_t = MutateOutput::Patch)]
+    #[arg(long, short, env = "PSI_OUTPUT", value_enum, default_value_t = MutateOutput::Patch)]
     pub output: MutateOutput,
     /// A Pod manifest or an AdmissionReview, YAML or JSON; `-` reads standard input.
     pub file: PathBuf,
@@ -130,11 +130,11 @@ pub struct CheckConfigArgs {
     pub file: PathBuf,
     /// A copied secret's content, `NAME=FILE` (a Secret manifest or a `.dockerconfigjson`):
     /// warn about rules whose images it has no auth entry for. Repeatable.
-    #[arg(long, value_name = "NAME=FILE")]
+    #[arg(long, env = "PSI_SECRET_FILE", value_name = "NAME=FILE")]
     pub secret_file: Vec<String>,
     /// Read every secret of the config from this namespace of the cluster, for the same
     /// warnings.
-    #[arg(long)]
+    #[arg(long, env = "PSI_NAMESPACE")]
     pub namespace: Option<String>,
 }
 

@@ -29,26 +29,38 @@ pub struct CreateSecretArgs {
     #[arg(long, env = "PSI_NAMESPACE")]
     pub namespace: Option<String>,
     /// Registry the credentials are for, as it appears in image names (`ghcr.io`,
-    /// `asia-northeast1-docker.pkg.dev`); repeat for several registries in one Secret.
-    #[arg(long = "server", required = true, value_name = "HOST")]
+    /// `asia-northeast1-docker.pkg.dev`); repeat, or separate with commas, for several
+    /// registries in one Secret.
+    #[arg(
+        long = "server",
+        env = "PSI_SERVER",
+        required = true,
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
     pub servers: Vec<String>,
     /// Registry username (needs --password-stdin or --password-file).
-    #[arg(long, requires = "password_source")]
+    #[arg(long, env = "PSI_USERNAME", requires = "password_source")]
     pub username: Option<String>,
     /// Read the password from standard input (a trailing newline is dropped).
-    #[arg(long)]
+    #[arg(long, env = "PSI_PASSWORD_STDIN")]
     pub password_stdin: bool,
     /// Read the password from a file (a trailing newline is dropped).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PSI_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// A Google service-account JSON key: username `_json_key`, the key as password.
-    #[arg(long, value_name = "FILE", conflicts_with = "password_source")]
+    #[arg(
+        long,
+        env = "PSI_GCP_JSON_KEY",
+        value_name = "FILE",
+        conflicts_with = "password_source"
+    )]
     pub gcp_json_key: Option<PathBuf>,
     /// Output format of the manifest.
-    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Yaml)]
+    #[arg(long, short = 'o', env = "PSI_OUTPUT", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
     /// Apply the Secret to the cluster (server-side apply) instead of printing it.
-    #[arg(long)]
+    #[arg(long, env = "PSI_APPLY")]
     pub apply: bool,
 }
 

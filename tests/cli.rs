@@ -6,7 +6,9 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine as _;
+use clap::{ArgAction, CommandFactory};
 use common::data_path;
+use pullsecret_injector::cli::Cli;
 use serde_json::Value;
 
 fn bin() -> Command {
@@ -370,28 +372,189 @@ fn check_config_prints_rules_and_warnings() {
     );
 }
 
+/// Every command of the binary as clap declares it, by its path of names from the binary
+/// (`[]` is the binary itself, `["render", "match-conditions"]` a nested one), parents first.
+fn command_tree() -> Vec<(Vec<String>, clap::Command)> {
+    fn walk(
+        command: &clap::Command,
+        path: Vec<String>,
+        out: &mut Vec<(Vec<String>, clap::Command)>,
+    ) {
+        out.push((path.clone(), command.clone()));
+        for sub in command.get_subcommands() {
+            let mut sub_path = path.clone();
+            sub_path.push(sub.get_name().to_owned());
+            walk(sub, sub_path, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<Cli as CommandFactory>::command(), Vec::new(), &mut out);
+    out
+}
+
+/// The command's own flags: positional arguments and clap's --help/--version left out.
+fn flags(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    command.get_arguments().filter(|arg| {
+        !arg.is_positional()
+            && !matches!(
+                arg.get_action(),
+                ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+            )
+    })
+}
+
+fn command_line(path: &[String]) -> String {
+    std::iter::once("pullsecret-injector")
+        .chain(path.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--secret-file` -> `PSI_SECRET_FILE`.
+fn variable_of(long: &str) -> String {
+    format!("PSI_{}", long.to_uppercase().replace('-', "_"))
+}
+
+#[test]
+fn every_flag_has_its_psi_variable() {
+    let mut seen = Vec::new();
+    let mut wrong = Vec::new();
+    for (path, command) in command_tree() {
+        for arg in flags(&command) {
+            let Some(long) = arg.get_long() else {
+                wrong.push(format!(
+                    "{}: {} has no long name",
+                    command_line(&path),
+                    arg.get_id()
+                ));
+                continue;
+            };
+            let flag = format!("{} --{long}", command_line(&path));
+            let expected = variable_of(long);
+            match arg.get_env().and_then(|v| v.to_str()) {
+                None => wrong.push(format!("{flag}: no environment variable (want {expected})")),
+                Some(env) if env != expected => {
+                    wrong.push(format!("{flag}: {env}, want {expected}"))
+                }
+                Some(_) => {}
+            }
+            seen.push(flag);
+        }
+    }
+    // The walk reaches global, flattened and nested commands' flags.
+    for flag in [
+        "pullsecret-injector --log-level",
+        "pullsecret-injector serve --tls-cert",
+        "pullsecret-injector render match-conditions --output",
+        "pullsecret-injector check-pull --secret-file",
+    ] {
+        assert!(
+            seen.iter().any(|f| f == flag),
+            "{flag} not walked: {seen:?}"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "flags without their PSI_* variable:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn help_explains_every_command() {
-    let out = run(&["--help"], None);
-    let text = stdout(&out);
-    for command in ["serve", "mutate", "check-config", "create-secret", "render"] {
-        assert!(text.contains(command), "{text}");
+    let tree = command_tree();
+    assert!(tree.len() >= 9, "{} commands", tree.len());
+    for (path, command) in &tree {
+        let mut help = bin();
+        help.args(path).arg("--help");
+        // A PSI_* variable of the caller would show its value in the help.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PSI_") {
+                help.env_remove(name);
+            }
+        }
+        let out = help.output().unwrap();
+        let line = command_line(path);
+        assert!(out.status.success(), "{line} --help: {}", stderr(&out));
+        let text = stdout(&out);
+        let usage = format!("Usage: {line}");
+        assert!(
+            text.lines()
+                .any(|l| l == usage || l.starts_with(&format!("{usage} "))),
+            "{line} --help has no usage line naming it:\n{text}"
+        );
+        for sub in command.get_subcommands() {
+            assert!(
+                text.contains(&format!("  {}", sub.get_name())),
+                "{line} --help does not list {}:\n{text}",
+                sub.get_name()
+            );
+        }
+        for arg in flags(command).filter(|a| !a.is_hide_set()) {
+            let long = arg.get_long().unwrap_or_default();
+            assert!(
+                text.contains(&format!("--{long}")),
+                "{line} --help lacks --{long}:\n{text}"
+            );
+            if !arg.is_hide_env_set() {
+                let variable = format!("{}=", variable_of(long));
+                assert!(
+                    text.contains(&variable),
+                    "{line} --help does not name {variable}:\n{text}"
+                );
+            }
+        }
     }
-    let out = run(&["serve", "--help"], None);
-    let text = stdout(&out);
-    for flag in [
-        "--config",
-        "--tls-cert",
-        "--tls-key",
-        "--listen",
-        "--metrics-listen",
-        "--namespace",
-        "--no-sync",
-        "PSI_CONFIG",
-        "PSI_NO_SYNC",
-    ] {
-        assert!(text.contains(flag), "{flag} missing from serve --help");
-    }
+}
+
+#[test]
+fn create_secret_takes_every_argument_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cr<t&>\n").unwrap();
+    let out = bin()
+        .arg("create-secret")
+        .env("PSI_NAME", "gar-pull")
+        .env("PSI_SERVER", "asia-northeast1-docker.pkg.dev")
+        .env("PSI_USERNAME", "robot")
+        .env("PSI_PASSWORD_FILE", &password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        std::fs::read_to_string(data_path("secrets/basic.yaml")).unwrap()
+    );
+
+    // Several servers in one variable, and the output format.
+    let out = bin()
+        .arg("create-secret")
+        .env("PSI_NAME", "gar-pull")
+        .env("PSI_NAMESPACE", "pullsecret-injector")
+        .env("PSI_SERVER", "gcr.io,europe-docker.pkg.dev")
+        .env("PSI_GCP_JSON_KEY", data("secrets/gcp-key.json"))
+        .env("PSI_OUTPUT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        std::fs::read_to_string(data_path("secrets/gcp.json")).unwrap()
+    );
+
+    // A flag still wins over its variable.
+    let out = bin()
+        .args(["create-secret", "--output", "json"])
+        .env("PSI_NAME", "gar-pull")
+        .env("PSI_SERVER", "asia-northeast1-docker.pkg.dev")
+        .env("PSI_USERNAME", "robot")
+        .env("PSI_PASSWORD_FILE", &password)
+        .env("PSI_OUTPUT", "yaml")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(secret["metadata"]["name"], "gar-pull");
 }
 
 #[test]
