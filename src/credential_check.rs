@@ -67,20 +67,7 @@ pub struct Target {
     pub probe_image: Option<String>,
 }
 
-/// The metric label of a verdict: the `result` of `credential_check`, each verdict of
-/// [`Verdict::ALL`] once.
-pub fn result_label(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::WouldPull => "ok",
-        Verdict::BadCredentials => "bad_credentials",
-        Verdict::NoPullRight => "no_pull_right",
-        Verdict::NotFound => "not_found",
-        Verdict::NoAuthEntry => "no_auth_entry",
-        Verdict::Unreachable => "unreachable",
-        Verdict::TlsError => "tls_error",
-        Verdict::NoRule => "no_rule",
-    }
-}
+pub use crate::registry::result_label;
 
 /// What to check under `config`: every secret against every rule naming it with a concrete
 /// host (a glob host names no registry to ask, unless its probe image does).

@@ -13,8 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::admission::Outcome;
-use crate::credential_check::result_label;
-use crate::registry::Verdict;
+use crate::registry::{Verdict, result_label};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {

@@ -429,3 +429,18 @@ fn is_tls_error(error: &str) -> bool {
         .iter()
         .any(|w| lower.contains(w))
 }
+
+/// The metric label of a verdict: the `result` of `credential_check`, each verdict of
+/// [`Verdict::ALL`] once.
+pub fn result_label(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::WouldPull => "ok",
+        Verdict::BadCredentials => "bad_credentials",
+        Verdict::NoPullRight => "no_pull_right",
+        Verdict::NotFound => "not_found",
+        Verdict::NoAuthEntry => "no_auth_entry",
+        Verdict::Unreachable => "unreachable",
+        Verdict::TlsError => "tls_error",
+        Verdict::NoRule => "no_rule",
+    }
+}
