@@ -174,7 +174,9 @@ impl Election {
             .with_identity(&self.identity)
             .with_duration(seconds)
             .with_grace((seconds / 3).max(1))
-            .with_field_manager(format!("{}-lease", crate::names::FIELD_MANAGER))
+            // One field manager per replica: server-side apply then refuses a second
+            // replica's claim on a holder another one owns, instead of last-writer-wins.
+            .with_field_manager(format!("{}-{}", crate::names::FIELD_MANAGER, self.identity))
             .build()
             .await
     }
