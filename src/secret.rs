@@ -208,7 +208,7 @@ fn read_credentials(args: &CreateSecretArgs) -> anyhow::Result<Credentials> {
     Ok(Credentials { username, password })
 }
 
-pub fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
     // Checked names print as plain YAML scalars, with no quoting to get wrong.
     validate_secret_name(&args.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     if let Some(ns) = &args.namespace
@@ -223,7 +223,7 @@ pub fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.apply {
-        return apply(args, &credentials);
+        return apply(args, &credentials).await;
     }
     let text = manifest(
         &args.name,
@@ -236,43 +236,38 @@ pub fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn apply(args: &CreateSecretArgs, credentials: &Credentials) -> anyhow::Result<ExitCode> {
+async fn apply(args: &CreateSecretArgs, credentials: &Credentials) -> anyhow::Result<ExitCode> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("no cluster to apply to")?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(args.name.clone()),
-                namespace: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            type_: Some(DOCKER_CONFIG_JSON.to_owned()),
-            string_data: Some(BTreeMap::from([(
-                ".dockerconfigjson".to_owned(),
-                docker_config_json(&args.servers, credentials),
-            )])),
-            ..Secret::default()
-        };
-        let api: Api<Secret> = Api::namespaced(client, &namespace);
-        api.patch(
-            &args.name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&secret),
-        )
+    let client = kube::Client::try_default()
         .await
-        .with_context(|| format!("cannot apply Secret {namespace}/{}", args.name))?;
-        eprintln!("secret/{} applied in namespace {namespace}", args.name);
-        Ok(ExitCode::SUCCESS)
-    })
+        .context("no cluster to apply to")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(args.name.clone()),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(DOCKER_CONFIG_JSON.to_owned()),
+        string_data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            docker_config_json(&args.servers, credentials),
+        )])),
+        ..Secret::default()
+    };
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    api.patch(
+        &args.name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .with_context(|| format!("cannot apply Secret {namespace}/{}", args.name))?;
+    eprintln!("secret/{} applied in namespace {namespace}", args.name);
+    Ok(ExitCode::SUCCESS)
 }
