@@ -7,9 +7,9 @@ set -euo pipefail
 usage() {
   cat >&2 <<'USAGE'
 usage: gen-certs.sh (--service NAME --namespace NS | --host HOST...) [--host HOST...]
-                    [--out DIR] [--days N] [--create-secret NAME] [--force]
+                    [--out DIR] [--days N] [--create-secret NAME [--namespace NS]] [--force]
   --service NAME         Service the API server calls (SANs NAME, NAME.NS, NAME.NS.svc, NAME.NS.svc.cluster.local)
-  --namespace NS         its namespace
+  --namespace NS         its namespace; with --host alone, the namespace of --create-secret's Secret
   --host HOST            a DNS name or IP address to add (for a webhook outside the cluster); repeatable
   --out DIR              where to write ca.crt, ca.key, tls.crt, tls.key (default: ./certs)
   --days N               validity in days (default: 365)
@@ -37,9 +37,13 @@ while [ $# -gt 0 ]; do
 done
 
 dns_label='^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'
-if [ -n "$service" ] || [ -n "$namespace" ]; then
-  [ -n "$service" ] && [ -n "$namespace" ] || die "--service and --namespace go together"
+if [ -n "$service" ]; then
+  [ -n "$namespace" ] || die "--service needs --namespace"
   [[ $service =~ $dns_label ]] || die "--service: not a valid Service name: $service"
+fi
+# Without --service, --namespace only says where --create-secret puts the Secret (a webhook
+# reached at --host, outside the cluster, keeps its TLS Secret in some namespace all the same).
+if [ -n "$namespace" ]; then
   [[ $namespace =~ $dns_label ]] || die "--namespace: not a valid namespace name: $namespace"
 fi
 [ -n "$service" ] || [ ${#hosts[@]} -gt 0 ] || die "give --service and --namespace, or --host"

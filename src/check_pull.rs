@@ -51,7 +51,7 @@ pub struct CheckPullArgs {
     pub timeout: Duration,
 }
 
-pub fn run(args: &CheckPullArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &CheckPullArgs) -> anyhow::Result<ExitCode> {
     let (config, _) = Config::load(&args.config)?;
     let image = ImageRef::parse(&args.image)
         .with_context(|| format!("{:?} is not an image reference", args.image))?;
@@ -72,74 +72,68 @@ pub fn run(args: &CheckPullArgs) -> anyhow::Result<ExitCode> {
     }
     println!("secrets injected: {}", secrets.join(", "));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let keyrings = load_keyrings(args, &secrets).await?;
-        let http = match &args.registry_ca {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                HttpClient::with_extra_ca(args.timeout, &pem)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    let keyrings = load_keyrings(args, &secrets).await?;
+    let http = match &args.registry_ca {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            HttpClient::with_extra_ca(args.timeout, &pem)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => HttpClient::new(args.timeout).context("cannot load the system's TLS roots")?,
+    };
+    let mut endpoint = Endpoint {
+        http: &http,
+        plain_http: args.plain_http.iter().any(|h| h == image.domain()),
+    };
+    // Like docker and containerd, a loopback registry that does not speak TLS is spoken
+    // to over plain HTTP.
+    if !endpoint.plain_http && registry::is_loopback(&image) {
+        endpoint.plain_http = !registry::speaks_tls(&http, &image).await;
+    }
+    // The kubelet tries every matching entry of every secret, in order.
+    let credentials: Vec<_> = keyrings
+        .iter()
+        .flat_map(|(secret, ring)| ring.lookup(&image).into_iter().map(move |c| (secret, c)))
+        .collect();
+    if credentials.is_empty() {
+        let keys: Vec<&str> = keyrings.iter().flat_map(|(_, r)| r.keys()).collect();
+        println!(
+            "auth entry: none of the secrets' keys ({}) applies to {}",
+            if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.join(", ")
+            },
+            image.domain()
+        );
+        let anonymous = registry::check(endpoint, &image, None).await;
+        print_steps(&anonymous.steps);
+        let verdict = match anonymous.verdict {
+            Verdict::WouldPull => {
+                println!("the registry lets anyone pull this image");
+                Verdict::WouldPull
             }
-            None => HttpClient::new(args.timeout).context("cannot load the system's TLS roots")?,
+            Verdict::Unreachable | Verdict::TlsError | Verdict::NotFound => anonymous.verdict,
+            _ => Verdict::NoAuthEntry,
         };
-        let mut endpoint = Endpoint {
-            http: &http,
-            plain_http: args.plain_http.iter().any(|h| h == image.domain()),
-        };
-        // Like docker and containerd, a loopback registry that does not speak TLS is spoken
-        // to over plain HTTP.
-        if !endpoint.plain_http && registry::is_loopback(&image) {
-            endpoint.plain_http = !registry::speaks_tls(&http, &image).await;
+        return Ok(finish(verdict));
+    }
+    let mut first = None;
+    for (secret, credential) in credentials {
+        println!(
+            "auth entry: {:?} of secret {secret} (user {})",
+            credential.key, credential.username
+        );
+        let check = registry::check(endpoint, &image, Some(credential)).await;
+        print_steps(&check.steps);
+        if check.verdict == Verdict::WouldPull {
+            return Ok(finish(Verdict::WouldPull));
         }
-        // The kubelet tries every matching entry of every secret, in order.
-        let credentials: Vec<_> = keyrings
-            .iter()
-            .flat_map(|(secret, ring)| ring.lookup(&image).into_iter().map(move |c| (secret, c)))
-            .collect();
-        if credentials.is_empty() {
-            let keys: Vec<&str> = keyrings.iter().flat_map(|(_, r)| r.keys()).collect();
-            println!(
-                "auth entry: none of the secrets' keys ({}) applies to {}",
-                if keys.is_empty() {
-                    "none".to_owned()
-                } else {
-                    keys.join(", ")
-                },
-                image.domain()
-            );
-            let anonymous = registry::check(endpoint, &image, None).await;
-            print_steps(&anonymous.steps);
-            let verdict = match anonymous.verdict {
-                Verdict::WouldPull => {
-                    println!("the registry lets anyone pull this image");
-                    Verdict::WouldPull
-                }
-                Verdict::Unreachable | Verdict::TlsError | Verdict::NotFound => anonymous.verdict,
-                _ => Verdict::NoAuthEntry,
-            };
-            return Ok(finish(verdict));
-        }
-        let mut first = None;
-        for (secret, credential) in credentials {
-            println!(
-                "auth entry: {:?} of secret {secret} (user {})",
-                credential.key, credential.username
-            );
-            let check = registry::check(endpoint, &image, Some(credential)).await;
-            print_steps(&check.steps);
-            if check.verdict == Verdict::WouldPull {
-                return Ok(finish(Verdict::WouldPull));
-            }
-            println!("  -> {}", check.verdict);
-            first.get_or_insert(check.verdict);
-        }
-        Ok(finish(first.unwrap_or(Verdict::NoAuthEntry)))
-    })
+        println!("  -> {}", check.verdict);
+        first.get_or_insert(check.verdict);
+    }
+    Ok(finish(first.unwrap_or(Verdict::NoAuthEntry)))
 }
 
 fn print_steps(steps: &[String]) {

@@ -138,18 +138,21 @@ pub struct CheckConfigArgs {
     pub namespace: Option<String>,
 }
 
-/// Parses the command line and runs it.
+/// Parses the command line and runs it, on the one async runtime of the process: `serve`'s
+/// is multi-threaded (it serves and syncs at once), a one-shot command's is the current
+/// thread.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init(&cli.log);
-    let result = match cli.command {
-        Command::Serve(args) => crate::serve::run(*args),
-        Command::Mutate(args) => mutate(&args),
-        Command::CheckConfig(args) => check_config(&args),
-        Command::CreateSecret(args) => crate::secret::run(&args),
-        Command::Render(Render::MatchConditions(args)) => render_match_conditions(&args),
-        Command::Token(args) => token(&args),
-        Command::CheckPull(args) => crate::check_pull::run(&args),
+    let runtime = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(error) => Err(anyhow::Error::new(error).context("cannot start the async runtime")),
     };
     match result {
         Ok(code) => code,
@@ -157,6 +160,18 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => crate::serve::run(*args).await,
+        Command::Mutate(args) => mutate(&args),
+        Command::CheckConfig(args) => check_config(&args).await,
+        Command::CreateSecret(args) => crate::secret::run(&args).await,
+        Command::Render(Render::MatchConditions(args)) => render_match_conditions(&args),
+        Command::Token(args) => token(&args).await,
+        Command::CheckPull(args) => crate::check_pull::run(&args).await,
     }
 }
 
@@ -237,7 +252,7 @@ pub fn mutate_document(
     Ok((decision, out))
 }
 
-fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
+async fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let (config, warnings) = match Config::load(&args.file) {
         Ok(loaded) => loaded,
         Err(error) => bail!("{}: {error}", args.file.display()),
@@ -276,14 +291,7 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(namespace) = &args.namespace {
         let names: Vec<&str> = config.secrets().iter().map(String::as_str).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        keyrings.extend(runtime.block_on(crate::check_pull::keyrings_from_cluster(
-            Some(namespace),
-            &names,
-        ))?);
+        keyrings.extend(crate::check_pull::keyrings_from_cluster(Some(namespace), &names).await?);
     }
     for (name, ring) in &keyrings {
         let keys = ring.keys().collect::<Vec<_>>().join(", ");
@@ -312,13 +320,9 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
+async fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let minted = runtime.block_on(async {
+    let minted = async {
         let http = HttpClient::new(std::time::Duration::from_secs(30))
             .context("cannot load the system's TLS roots")?;
         let key_file = args.key_file.clone();
@@ -336,7 +340,8 @@ fn token(args: &TokenArgs) -> anyhow::Result<ExitCode> {
         mint_once(&config, &args.secret, &env)
             .await
             .map_err(anyhow::Error::from)
-    })?;
+    }
+    .await?;
     let mut out = minted.docker_config_json();
     out.push(b'\n');
     std::io::stdout().write_all(&out)?;

@@ -47,12 +47,19 @@ pub struct CheckArgs {
     /// (jittered by a tenth; also at start and after every change of a source); 0s: never.
     #[arg(long, env = "PSI_CREDENTIAL_CHECK_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub credential_check_interval: Duration,
+    /// This process shares the node's network (a Pod with `hostNetwork`): node-local
+    /// registries (`localhost`, loopback addresses, `host.docker.internal` and the like) are
+    /// checked like others. Without it their result is `node_local`: from a Pod's own network
+    /// those names are not what the kubelet pulls from.
+    #[arg(long, env = "PSI_HOST_NETWORK")]
+    pub host_network: bool,
 }
 
 impl Default for CheckArgs {
     fn default() -> Self {
         Self {
             credential_check_interval: Duration::from_secs(600),
+            host_network: false,
         }
     }
 }
@@ -90,6 +97,21 @@ pub fn targets(config: &Config) -> Vec<Target> {
     out
 }
 
+impl Target {
+    /// The image whose registry is asked: the probe image, or any image of the registry.
+    fn image_text(&self) -> String {
+        self.probe_image
+            .clone()
+            .unwrap_or_else(|| format!("{}/probe", self.registry))
+    }
+
+    /// Whether the registry asked is node-local ([`registry::is_node_local`]).
+    pub fn is_node_local(&self) -> bool {
+        let text = self.image_text();
+        ImageRef::parse(&text).is_ok_and(|image| registry::is_node_local(&image))
+    }
+}
+
 /// Checks `target` with the `.dockerconfigjson` (or `.dockercfg`) bytes of its source.
 pub async fn check_target(
     http: &HttpClient,
@@ -105,10 +127,7 @@ pub async fn check_target(
             );
         }
     };
-    let image_text = target
-        .probe_image
-        .clone()
-        .unwrap_or_else(|| format!("{}/probe", target.registry));
+    let image_text = target.image_text();
     let Ok(image) = ImageRef::parse(&image_text) else {
         return (
             Verdict::NoRule,
@@ -150,6 +169,7 @@ pub struct Checker {
     http: HttpClient,
     interval: Duration,
     min_gap: Duration,
+    host_network: bool,
     recorder: Recorder,
 }
 
@@ -173,6 +193,7 @@ impl Checker {
             http,
             interval: args.credential_check_interval,
             min_gap: MIN_GAP,
+            host_network: args.host_network,
         }
     }
 
@@ -249,7 +270,10 @@ impl Checker {
                 // The sync reports a missing source; nothing to check yet.
                 continue;
             };
-            if budget.check().is_err() {
+            // Dialled from the Pod, a node-local name is the Pod itself: no request (nor any
+            // of the budget), and no failure either.
+            let node_local = !self.host_network && target.is_node_local();
+            if !node_local && budget.check().is_err() {
                 break;
             }
             let data = source.data.clone().unwrap_or_default();
@@ -258,7 +282,11 @@ impl Checker {
                 .or_else(|| data.get(".dockercfg"))
                 .map(|b| b.0.clone())
                 .unwrap_or_default();
-            let (verdict, steps) = check_target(&self.http, &target, &bytes).await;
+            let (verdict, steps) = if node_local {
+                (Verdict::NodeLocal, Vec::new())
+            } else {
+                check_target(&self.http, &target, &bytes).await
+            };
             schedule.last = Some(Instant::now());
             schedule.version = version;
             // The interval, give or take a tenth.
@@ -286,6 +314,10 @@ impl Checker {
         let (secret, registry) = (&target.secret, &target.registry);
         if verdict == Verdict::WouldPull {
             tracing::info!(%secret, %registry, "credential check passes");
+            return;
+        }
+        if verdict == Verdict::NodeLocal {
+            tracing::info!(%secret, %registry, "the registry is node-local: not checked from this Pod's network (--host-network when the Pod shares the node's; check-pull on the node checks it)");
             return;
         }
         tracing::warn!(%secret, %registry, result = result_label(verdict), steps = %steps.join("; "), "credential check fails");

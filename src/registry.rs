@@ -40,10 +40,14 @@ pub enum Verdict {
     TlsError,
     /// No rule matches the image: the webhook adds no secret.
     NoRule,
+    /// Not checked: the registry is node-local ([`is_node_local`]) and this process does not
+    /// share the node's network, so it would dial itself, not what the kubelet pulls from.
+    /// Only the background checker says so; `check-pull`, run on the node, checks it.
+    NodeLocal,
 }
 
 impl Verdict {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::WouldPull,
         Self::BadCredentials,
         Self::NoPullRight,
@@ -52,6 +56,7 @@ impl Verdict {
         Self::Unreachable,
         Self::TlsError,
         Self::NoRule,
+        Self::NodeLocal,
     ];
 
     pub fn exit_code(self) -> u8 {
@@ -64,6 +69,8 @@ impl Verdict {
             Self::Unreachable => 14,
             Self::TlsError => 15,
             Self::NoRule => 16,
+            // check-pull checks node-local registries, so never exits with this.
+            Self::NodeLocal => 1,
         }
     }
 
@@ -77,6 +84,7 @@ impl Verdict {
             Self::Unreachable => "registry unreachable",
             Self::TlsError => "TLS error",
             Self::NoRule => "no rule matches the image",
+            Self::NodeLocal => "node-local registry, not checked off the node's network",
         }
     }
 }
@@ -120,6 +128,26 @@ pub fn is_loopback(image: &ImageRef<'_>) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Names the kubelet resolves on the node itself, to the node or its host machine, while a
+/// Pod resolves them (if at all) to something else: Docker Desktop's and Rancher Desktop's
+/// `host.docker.internal`, k3d's `host.k3d.internal`, minikube's `host.minikube.internal`.
+const NODE_NAMES: [&str; 3] = [
+    "host.docker.internal",
+    "host.k3d.internal",
+    "host.minikube.internal",
+];
+
+/// Whether `image`'s registry is reachable as named only from the node the kubelet runs on:
+/// `localhost`, any `*.localhost` (RFC 6761: loopback), a loopback address (127.0.0.0/8,
+/// `::1`), or one of [`NODE_NAMES`]; the port does not matter. From a Pod off the node's
+/// network the same name is the Pod itself or nothing.
+pub fn is_node_local(image: &ImageRef<'_>) -> bool {
+    let host = image.host().to_ascii_lowercase();
+    is_loopback(image)
+        || host.ends_with(".localhost")
+        || NODE_NAMES.contains(&host.trim_end_matches('.'))
 }
 
 /// Whether `image`'s registry answers TLS at all: an answer of any status, or a certificate
@@ -442,5 +470,6 @@ pub fn result_label(verdict: Verdict) -> &'static str {
         Verdict::Unreachable => "unreachable",
         Verdict::TlsError => "tls_error",
         Verdict::NoRule => "no_rule",
+        Verdict::NodeLocal => "node_local",
     }
 }

@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::{ArgGroup, Args, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::names::DOCKER_CONFIG_JSON;
 use crate::names::FIELD_MANAGER;
@@ -19,7 +21,7 @@ use crate::rules::validate_secret_name;
 pub const GCP_JSON_KEY_USER: &str = "_json_key";
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("credentials").required(true).args(["username", "gcp_json_key"])))]
+#[command(group(ArgGroup::new("credentials").required(true).args(["username", "gcp_json_key", "from_docker_config"])))]
 #[command(group(ArgGroup::new("password_source").args(["password_stdin", "password_file"])))]
 pub struct CreateSecretArgs {
     /// Name of the Secret (the `secret` of a config rule).
@@ -56,6 +58,21 @@ pub struct CreateSecretArgs {
         conflicts_with = "password_source"
     )]
     pub gcp_json_key: Option<PathBuf>,
+    /// Take each --server's credentials from a docker config: FILE, else
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`; its `auths` entries, and
+    /// its `credHelpers` and `credsStore` through their `docker-credential-<name>` helper
+    /// (what `docker login` writes on a laptop). Only the named servers go in the Secret.
+    #[arg(
+        long,
+        env = "PSI_FROM_DOCKER_CONFIG",
+        value_name = "FILE",
+        num_args = 0..=1,
+        conflicts_with = "password_source"
+    )]
+    pub from_docker_config: Option<Option<PathBuf>>,
+    /// Time limit of each docker credential helper call (with --from-docker-config).
+    #[arg(long, env = "PSI_HELPER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub helper_timeout: Duration,
     /// Output format of the manifest.
     #[arg(long, short = 'o', env = "PSI_OUTPUT", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
@@ -85,9 +102,9 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The `.dockerconfigjson` content: the same credentials for every server.
-fn docker_config_json(servers: &[String], credentials: &Credentials) -> String {
-    crate::credentials::docker_config_json(servers.iter().map(|server| {
+/// The `.dockerconfigjson` content: each server with its credentials.
+fn docker_config_json(entries: &[(String, Credentials)]) -> String {
+    crate::credentials::docker_config_json(entries.iter().map(|(server, credentials)| {
         (
             server.as_str(),
             credentials.username.as_str(),
@@ -100,12 +117,10 @@ fn docker_config_json(servers: &[String], credentials: &Credentials) -> String {
 pub fn manifest(
     name: &str,
     namespace: Option<&str>,
-    servers: &[String],
-    credentials: &Credentials,
+    entries: &[(String, Credentials)],
     format: OutputFormat,
 ) -> serde_json::Result<String> {
-    let data =
-        base64::engine::general_purpose::STANDARD.encode(docker_config_json(servers, credentials));
+    let data = base64::engine::general_purpose::STANDARD.encode(docker_config_json(entries));
     match format {
         OutputFormat::Yaml => {
             let mut out = String::new();
@@ -208,7 +223,7 @@ fn read_credentials(args: &CreateSecretArgs) -> anyhow::Result<Credentials> {
     Ok(Credentials { username, password })
 }
 
-pub fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
     // Checked names print as plain YAML scalars, with no quoting to get wrong.
     validate_secret_name(&args.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     if let Some(ns) = &args.namespace
@@ -216,63 +231,322 @@ pub fn run(args: &CreateSecretArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--namespace {ns:?} is not a valid namespace name");
     }
-    let credentials = read_credentials(args)?;
     for server in &args.servers {
         if server.trim().is_empty() {
             bail!("--server must not be empty");
         }
     }
+    let entries = match &args.from_docker_config {
+        Some(file) => {
+            let path = docker_config_path(file.as_deref())?;
+            from_docker_config(&path, &args.servers, args.helper_timeout).await?
+        }
+        None => {
+            let credentials = read_credentials(args)?;
+            args.servers
+                .iter()
+                .map(|server| {
+                    let credentials = Credentials {
+                        username: credentials.username.clone(),
+                        password: credentials.password.clone(),
+                    };
+                    (server.clone(), credentials)
+                })
+                .collect()
+        }
+    };
     if args.apply {
-        return apply(args, &credentials);
+        return apply(args, &entries).await;
     }
-    let text = manifest(
-        &args.name,
-        args.namespace.as_deref(),
-        &args.servers,
-        &credentials,
-        args.output,
-    )?;
+    let text = manifest(&args.name, args.namespace.as_deref(), &entries, args.output)?;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn apply(args: &CreateSecretArgs, credentials: &Credentials) -> anyhow::Result<ExitCode> {
+async fn apply(
+    args: &CreateSecretArgs,
+    entries: &[(String, Credentials)],
+) -> anyhow::Result<ExitCode> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("no cluster to apply to")?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(args.name.clone()),
-                namespace: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            type_: Some(DOCKER_CONFIG_JSON.to_owned()),
-            string_data: Some(BTreeMap::from([(
-                ".dockerconfigjson".to_owned(),
-                docker_config_json(&args.servers, credentials),
-            )])),
-            ..Secret::default()
-        };
-        let api: Api<Secret> = Api::namespaced(client, &namespace);
-        api.patch(
-            &args.name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&secret),
-        )
+    let client = kube::Client::try_default()
         .await
-        .with_context(|| format!("cannot apply Secret {namespace}/{}", args.name))?;
-        eprintln!("secret/{} applied in namespace {namespace}", args.name);
-        Ok(ExitCode::SUCCESS)
-    })
+        .context("no cluster to apply to")?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(args.name.clone()),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(DOCKER_CONFIG_JSON.to_owned()),
+        string_data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_owned(),
+            docker_config_json(entries),
+        )])),
+        ..Secret::default()
+    };
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    api.patch(
+        &args.name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .with_context(|| format!("cannot apply Secret {namespace}/{}", args.name))?;
+    eprintln!("secret/{} applied in namespace {namespace}", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- --from-docker-config -------------------------------------------------------------------
+
+/// The username a credential helper answers with when its secret is an identity token (an
+/// OAuth2 refresh token the docker client trades for access tokens), not a password.
+const IDENTITY_TOKEN_USER: &str = "<token>";
+/// What a helper prints (with a non-zero exit) when it holds nothing for the server.
+const NOT_FOUND: &str = "credentials not found";
+/// More than any credentials: a helper that floods is cut off.
+const MAX_HELPER_OUTPUT: u64 = 64 * 1024;
+
+/// The docker config `--from-docker-config` reads: `given`, else `$DOCKER_CONFIG/config.json`,
+/// else `~/.docker/config.json`, where the docker client looks.
+fn docker_config_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_owned());
+    }
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("config.json"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("--from-docker-config: no FILE given and neither DOCKER_CONFIG nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".docker/config.json"))
+}
+
+/// The parts of a docker config that hold credentials. No Debug: it holds secrets.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DockerConfigFile {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    creds_store: Option<String>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+}
+
+#[derive(Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+/// A credential helper's answer to `get` (`ServerURL` too, which is not needed).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperAnswer {
+    username: String,
+    secret: String,
+}
+
+/// The registry a docker config key or a `--server` names: no scheme, no path, and Docker
+/// Hub's several names as one (`https://index.docker.io/v1/` is the key `docker login` writes).
+fn registry_of(key: &str) -> String {
+    let key = key.trim();
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            crate::image::DOCKER_HUB.to_owned()
+        }
+        _ => host,
+    }
+}
+
+/// Each server's credentials from the docker config at `path`: its credential helper
+/// (`credHelpers`, else `credsStore`) first, then its `auths` entry, as the docker client
+/// does. Every server must resolve; an error names the server, never a secret.
+async fn from_docker_config(
+    path: &Path,
+    servers: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, Credentials)>> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // serde_json's errors give a position, never the text: no secret reaches the message.
+    let config: DockerConfigFile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a docker config", path.display()))?;
+    let mut out = Vec::new();
+    for server in servers {
+        let credentials = resolve(&config, server, timeout)
+            .await
+            .with_context(|| format!("--server {server} (from {})", path.display()))?;
+        out.push((server.clone(), credentials));
+    }
+    Ok(out)
+}
+
+async fn resolve(
+    config: &DockerConfigFile,
+    server: &str,
+    timeout: Duration,
+) -> anyhow::Result<Credentials> {
+    let registry = registry_of(server);
+    let entry = config
+        .auths
+        .iter()
+        .find(|(key, _)| registry_of(key) == registry);
+    let helper = config
+        .cred_helpers
+        .iter()
+        .find(|(key, _)| registry_of(key) == registry)
+        .map(|(_, name)| name)
+        .or(config.creds_store.as_ref())
+        .filter(|name| !name.is_empty());
+    let mut not_found = None;
+    if let Some(name) = helper {
+        // The helper is asked for the key `docker login` stored, as the docker client asks.
+        let url = match entry {
+            Some((key, _)) => key.clone(),
+            None if registry == crate::image::DOCKER_HUB => "https://index.docker.io/v1/".into(),
+            None => server.to_owned(),
+        };
+        match ask_helper(name, &url, timeout).await? {
+            Some(credentials) => return Ok(credentials),
+            None => not_found = Some(name),
+        }
+    }
+    if let Some((_, entry)) = entry
+        && let Some(credentials) = credentials_of(entry)?
+    {
+        return Ok(credentials);
+    }
+    match not_found {
+        Some(name) => bail!(
+            "docker-credential-{name} has no credentials for it ({NOT_FOUND}), nor has an auths entry"
+        ),
+        None => bail!("no auths entry or credential helper has credentials for it"),
+    }
+}
+
+/// An `auths` entry's credentials, if it holds any.
+fn credentials_of(entry: &AuthEntry) -> anyhow::Result<Option<Credentials>> {
+    if entry
+        .identitytoken
+        .as_deref()
+        .is_some_and(|t| !t.is_empty())
+    {
+        bail!(IDENTITY_TOKEN_ERROR);
+    }
+    if let (Some(username), Some(password)) = (&entry.username, &entry.password)
+        && !username.is_empty()
+        && !password.is_empty()
+    {
+        return Ok(Some(Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        }));
+    }
+    let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((username, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+        bail!("its auths entry's `auth` is not base64 of USER:PASSWORD");
+    };
+    Ok(Some(Credentials {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    }))
+}
+
+const IDENTITY_TOKEN_ERROR: &str = "the credentials are an identity token (an OAuth2 refresh token), which the kubelet cannot use from a pull Secret: log in with a username and a password or access token";
+
+/// `docker-credential-<name> get` with `url` on stdin: the credentials, `None` when the helper
+/// has none for it, or an error (it failed, did not answer within `timeout`, answered
+/// nonsense). Its answer never goes into a message.
+async fn ask_helper(
+    name: &str,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<Credentials>> {
+    // The name comes from a file: it picks a program on PATH, never a path.
+    if name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!("credential helper name {name:?} is not a name");
+    }
+    let program = format!("docker-credential-{name}");
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {program} (is it on PATH?)"))?;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let exchange = async {
+        if let Some(mut stdin) = stdin {
+            // A helper that exits without reading is judged by its exit status.
+            let _ = stdin.write_all(url.as_bytes()).await;
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let read_out = async {
+            if let Some(s) = stdout {
+                let _ = s.take(MAX_HELPER_OUTPUT).read_to_end(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = stderr {
+                let _ = s.take(MAX_HELPER_OUTPUT).read_to_end(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        (child.wait().await, out, err)
+    };
+    let (status, out, err) = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{program} gave no answer within {timeout:?}; killed"))?;
+    let status = status.with_context(|| format!("cannot wait for {program}"))?;
+    if !status.success() {
+        // Helpers print their error on stdout: what is missing, not a secret.
+        let said: String = String::from_utf8_lossy(if out.is_empty() { &err } else { &out })
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        if said.contains(NOT_FOUND) {
+            return Ok(None);
+        }
+        bail!("{program} get failed ({status}): {said}");
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&out).map_err(|_| {
+        anyhow::anyhow!("{program} get did not answer JSON with Username and Secret")
+    })?;
+    if answer.username == IDENTITY_TOKEN_USER {
+        bail!("{program}: {IDENTITY_TOKEN_ERROR}");
+    }
+    if answer.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials {
+        username: answer.username,
+        password: answer.secret,
+    }))
 }

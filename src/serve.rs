@@ -78,15 +78,8 @@ pub struct ServeArgs {
     pub reload_interval: Duration,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// Serves until a signal drains the process; on the multi-threaded runtime `cli` starts.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let signals = Signals::new()?;

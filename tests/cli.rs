@@ -764,3 +764,142 @@ fn check_commands_without_a_cluster_say_so() {
         );
     }
 }
+
+/// `create-secret --from-docker-config` with a config as `docker login` leaves it on a laptop:
+/// a `credsStore`, `credHelpers` per registry, and plain `auths`; the helpers are scripts in
+/// tests/plugins on PATH that answer, hold nothing, or hang.
+#[test]
+fn create_secret_from_a_docker_config_and_its_credential_helpers() {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "auths": {
+                "ghcr.io": {},
+                "https://index.docker.io/v1/": { "auth": b64.encode("hub-user:hub-passw0rd") },
+                "quay.io": { "auth": b64.encode("quay-user:quay-passw0rd") },
+            },
+            "credsStore": "psi-test",
+            "credHelpers": {
+                "fail.example.io": "psi-fail",
+                "hang.example.io": "psi-hang",
+            },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let secrets = [
+        "helper-s3cret",
+        "hub-passw0rd",
+        "quay-passw0rd",
+        "refresh-t0ken",
+    ];
+    let path = format!(
+        "{}/tests/plugins:{}",
+        env!("CARGO_MANIFEST_DIR"),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let create = |servers: &[&str], extra: &[&str], docker_config_dir: Option<&std::path::Path>| {
+        let mut command = bin();
+        command
+            .args(["create-secret", "--name", "laptop", "-o", "json"])
+            .args(extra)
+            .env("PATH", &path)
+            .env_remove("DOCKER_CONFIG");
+        if let Some(dir) = docker_config_dir {
+            command
+                .env("DOCKER_CONFIG", dir)
+                .arg("--from-docker-config");
+        } else {
+            command.arg("--from-docker-config").arg(&config);
+        }
+        for server in servers {
+            command.args(["--server", server]);
+        }
+        let started = std::time::Instant::now();
+        let out = command.output().unwrap();
+        (out, started.elapsed())
+    };
+    let no_secret_in_messages = |out: &Output| {
+        for secret in secrets {
+            assert!(!stderr(out).contains(secret), "{secret} in {}", stderr(out));
+        }
+    };
+
+    // The store answers for ghcr.io; it has nothing for Docker Hub, whose auths entry counts.
+    // quay.io is not named, so not in the Secret.
+    let (out, _) = create(&["ghcr.io", "docker.io"], &[], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    no_secret_in_messages(&out);
+    for secret in secrets {
+        assert!(!stdout(&out).contains(secret), "{secret} in plain text");
+    }
+    let manifest: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let data = b64
+        .decode(manifest["data"][".dockerconfigjson"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(data).unwrap(),
+        pullsecret_injector::credentials::docker_config_json([
+            ("ghcr.io", "helper-robot", "helper-s3cret"),
+            ("docker.io", "hub-user", "hub-passw0rd"),
+        ])
+    );
+
+    // $DOCKER_CONFIG/config.json when no FILE is given.
+    let (out, _) = create(&["quay.io"], &[], Some(dir.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let data = b64
+        .decode(manifest["data"][".dockerconfigjson"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(data).unwrap(),
+        pullsecret_injector::credentials::docker_config_json([(
+            "quay.io",
+            "quay-user",
+            "quay-passw0rd"
+        )])
+    );
+
+    // Each server must resolve; the error names the one that does not, and nothing is printed.
+    for (server, said) in [
+        (
+            "fail.example.io",
+            "docker-credential-psi-fail has no credentials",
+        ),
+        (
+            "nowhere.example.io",
+            "docker-credential-psi-test has no credentials",
+        ),
+        ("acr.example.io", "identity token"),
+    ] {
+        let (out, _) = create(&["ghcr.io", server], &[], None);
+        assert!(!out.status.success(), "{server}");
+        assert!(stdout(&out).is_empty(), "{server}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains(&format!("--server {server}")) && stderr(&out).contains(said),
+            "{server}: {}",
+            stderr(&out)
+        );
+        no_secret_in_messages(&out);
+    }
+
+    // A helper that hangs is killed at the time limit.
+    let (out, took) = create(&["hang.example.io"], &["--helper-timeout", "1s"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--server hang.example.io")
+            && stderr(&out).contains("docker-credential-psi-hang gave no answer within 1s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+
+    // It is one way to give credentials, not an addition to the others.
+    let (out, _) = create(&["ghcr.io"], &["--username", "u", "--password-stdin"], None);
+    assert!(!out.status.success());
+    assert!(stdout(&out).is_empty());
+}

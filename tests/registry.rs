@@ -789,8 +789,10 @@ async fn the_checker_follows_its_sources_and_reports_a_failure() {
         Arc::new(ConfigStore::new(config)),
         metrics.clone(),
         HttpClient::new(Duration::from_secs(5)).unwrap(),
+        // The registry is on loopback, which a Pod off the node's network would not check.
         &CheckArgs {
             credential_check_interval: Duration::from_secs(3600),
+            host_network: true,
         },
     )
     .with_min_gap(Duration::from_millis(200));
@@ -903,8 +905,10 @@ async fn a_reload_that_drops_a_rule_or_a_minted_secret_drops_their_series() {
         store.clone(),
         metrics.clone(),
         http.clone(),
+        // The registry is on loopback, which a Pod off the node's network would not check.
         &CheckArgs {
             credential_check_interval: Duration::from_secs(3600),
+            host_network: true,
         },
     );
     let refresher = Refresher::new(
@@ -967,6 +971,121 @@ async fn a_reload_that_drops_a_rule_or_a_minted_secret_drops_their_series() {
         "{}",
         metrics.encode()
     );
+}
+
+#[test]
+fn node_local_registries_are_the_ones_a_pod_cannot_reach_by_name() {
+    use pullsecret_injector::registry::is_node_local;
+    for image in [
+        "localhost/a",
+        "localhost:5000/a",
+        "127.0.0.1:5000/a",
+        "127.1.2.3/a",
+        "[::1]:5000/a",
+        "host.docker.internal:5000/a",
+        "host.k3d.internal/a",
+        "host.minikube.internal:5000/a",
+        "registry.localhost:5000/a",
+        "Registry.LocalHost/a",
+    ] {
+        assert!(is_node_local(&ImageRef::parse(image).unwrap()), "{image}");
+    }
+    for image in [
+        "ghcr.io/a",
+        "10.0.0.5:5000/a",
+        "[fd00::1]:5000/a",
+        "localhost.example.com/a",
+        "docker.internal/a",
+        "host.docker.internal.example.com/a",
+        "nginx",
+    ] {
+        assert!(!is_node_local(&ImageRef::parse(image).unwrap()), "{image}");
+    }
+}
+
+/// A loopback listener that counts the connections made to it and drops each at once.
+async fn counting_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, count)
+}
+
+/// A rule for a loopback registry: from a Pod's network the checker would dial the Pod itself,
+/// so it asks nothing and says `node_local`, with no Event; sharing the node's network
+/// (`--host-network`) it checks the registry as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_local_registry_is_checked_only_on_the_host_network() {
+    use pullsecret_injector::config::Config;
+    use pullsecret_injector::credential_check::{CheckArgs, Checker};
+    use pullsecret_injector::metrics::Metrics;
+    use pullsecret_injector::watch::ConfigStore;
+
+    for host_network in [false, true] {
+        let (port, connections) = counting_listener().await;
+        let host = format!("127.0.0.1:{port}");
+        let api = fake_api::FakeApi::default();
+        api.put_secret(
+            "psi",
+            "local-registry",
+            json!({ "type": "kubernetes.io/dockerconfigjson", "data": { ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(docker_config(&host, USER, PASSWORD)) } }),
+        );
+        let config = Config::from_yaml(&format!(
+            "registries:\n  - match: {host}\n    secret: local-registry\n"
+        ))
+        .unwrap()
+        .0;
+        let metrics = Arc::new(Metrics::new());
+        let checker = Checker::new(
+            &api.client(),
+            "psi".to_owned(),
+            watched_sources(&api, "psi"),
+            Arc::new(ConfigStore::new(config)),
+            metrics.clone(),
+            HttpClient::new(Duration::from_secs(5)).unwrap(),
+            &CheckArgs {
+                credential_check_interval: Duration::from_secs(3600),
+                host_network,
+            },
+        )
+        .with_min_gap(Duration::from_millis(200));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(checker.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let current = |metrics: &Metrics| {
+            series_of(metrics, "local-registry").into_iter().find(|l| {
+                l.starts_with("pullsecret_injector_credential_check{") && l.ends_with(" 1")
+            })
+        };
+        wait_for(&metrics, "the check at start", &|| {
+            current(&metrics).is_some()
+        });
+        let line = current(&metrics).unwrap();
+        // A round ends with its Events sent; the stopped task has ended its round.
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let events: Vec<Value> = api.state().events.clone();
+        let failed = events.iter().any(|e| e["reason"] == "PullCredentialFailed");
+        let dialled = connections.load(std::sync::atomic::Ordering::SeqCst);
+        if host_network {
+            // Checked: the registry was dialled, and dropping the connection is a failure.
+            assert!(line.contains("result=\"unreachable\""), "{line}");
+            assert!(dialled > 0, "the registry was not asked");
+            assert!(failed, "no PullCredentialFailed Event: {events:?}");
+        } else {
+            assert!(line.contains("result=\"node_local\""), "{line}");
+            assert_eq!(dialled, 0, "a node-local registry was dialled from the Pod");
+            assert!(!failed, "node_local is not a failure: {events:?}");
+        }
+    }
 }
 
 /// The source Secrets' watch, run as the sync runs it on the leader, for a checker to read.
