@@ -386,6 +386,10 @@ fn webhook_port_and_host_network_reach_every_place_that_names_them() {
     let docs = render_default(&helm);
     let pod = pod_of(&docs);
     assert!(pod.get("hostNetwork").is_none() && pod.get("dnsPolicy").is_none());
+    assert_eq!(
+        find(&docs, "Deployment")["spec"]["strategy"]["rollingUpdate"],
+        serde_json::json!({ "maxSurge": 1, "maxUnavailable": 0 })
+    );
     assert_eq!(serve_args(&docs).listen.port(), 8443);
 
     let docs = documents(
@@ -404,6 +408,11 @@ fn webhook_port_and_host_network_reach_every_place_that_names_them() {
     );
     let pod = pod_of(&docs);
     assert_eq!(pod["hostNetwork"], true);
+    // A surge Pod would need the node ports its predecessor holds.
+    assert_eq!(
+        find(&docs, "Deployment")["spec"]["strategy"]["rollingUpdate"],
+        serde_json::json!({ "maxSurge": 0, "maxUnavailable": 1 })
+    );
     assert_eq!(
         pod["dnsPolicy"], "ClusterFirstWithHostNet",
         "the cluster's DNS on the host network"
