@@ -316,14 +316,242 @@ fn mirror_pods_are_skipped_by_match_conditions_from_1_28() {
         find(&docs, "MutatingWebhookConfiguration")["webhooks"][0].clone()
     };
     assert!(webhook("1.27.0").get("matchConditions").is_none());
-    // Off by default, the image condition: only the mirror-pod one.
     assert_eq!(
-        webhook("1.30.0")["matchConditions"],
-        serde_json::json!([{
+        webhook("1.30.0")["matchConditions"][0],
+        serde_json::json!({
             "name": match_condition::MIRROR_CONDITION,
             "expression": match_condition::MIRROR_EXPRESSION,
-        }])
+        })
     );
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn image_match_condition_is_on_where_the_cluster_serves_it_unless_set() {
+    let helm = tool("helm");
+    let values = chart_dir().join(DEFAULT_VALUES);
+    let conditions = |version: &str, set: &[&str]| {
+        let mut args = vec!["-f", values.to_str().unwrap(), "--kube-version", version];
+        args.extend(set.iter().flat_map(|s| ["--set", *s]));
+        let docs = documents(&template(&helm, &args).unwrap());
+        find(&docs, "MutatingWebhookConfiguration")["webhooks"][0]["matchConditions"].clone()
+    };
+    // What the binary renders for the same rules.
+    let docs = render_default(&helm);
+    let config_yaml = find(&docs, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = Config::from_yaml(&config_yaml).unwrap().0;
+    let both = serde_json::to_value(match_condition::match_conditions(&config)).unwrap();
+    assert_eq!(both.as_array().map(Vec::len), Some(2), "{both}");
+    let mirror_only = serde_json::json!([both[0].clone()]);
+
+    // Unset (null): on from 1.28, where the API server evaluates matchConditions.
+    assert!(conditions("1.27.0", &[]).is_null());
+    assert_eq!(conditions("1.28.0", &[]), both);
+    assert_eq!(conditions("1.36.0", &[]), both);
+    // An explicit value wins; below 1.28 there is nothing to render either way.
+    let off = "webhook.imageMatchCondition=false";
+    assert_eq!(conditions("1.28.0", &[off]), mirror_only);
+    assert_eq!(conditions("1.36.0", &[off]), mirror_only);
+    let on = "webhook.imageMatchCondition=true";
+    assert_eq!(conditions("1.36.0", &[on]), both);
+    assert!(conditions("1.27.0", &[on]).is_null());
+    assert!(template(&helm, &["--set", "webhook.imageMatchCondition=maybe"]).is_err());
+}
+
+/// The port a named (or numbered) port of the container resolves to.
+fn container_port(container: &Value, port: &Value) -> u64 {
+    if let Some(number) = port.as_u64() {
+        return number;
+    }
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == *port)
+        .unwrap_or_else(|| panic!("no container port named {port}"))["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn webhook_port_and_host_network_reach_every_place_that_names_them() {
+    let helm = tool("helm");
+    let pod_of = |docs: &[Value]| find(docs, "Deployment")["spec"]["template"]["spec"].clone();
+
+    // Defaults: the Pod network, 8443.
+    let docs = render_default(&helm);
+    let pod = pod_of(&docs);
+    assert!(pod.get("hostNetwork").is_none() && pod.get("dnsPolicy").is_none());
+    assert_eq!(
+        find(&docs, "Deployment")["spec"]["strategy"]["rollingUpdate"],
+        serde_json::json!({ "maxSurge": 1, "maxUnavailable": 0 })
+    );
+    assert_eq!(serve_args(&docs).listen.port(), 8443);
+
+    let docs = documents(
+        &template(
+            &helm,
+            &[
+                "--set",
+                "hostNetwork=true",
+                "--set",
+                "webhook.port=10443",
+                "--set",
+                "metrics.port=10090",
+            ],
+        )
+        .unwrap(),
+    );
+    let pod = pod_of(&docs);
+    assert_eq!(pod["hostNetwork"], true);
+    // A surge Pod would need the node ports its predecessor holds.
+    assert_eq!(
+        find(&docs, "Deployment")["spec"]["strategy"]["rollingUpdate"],
+        serde_json::json!({ "maxSurge": 0, "maxUnavailable": 1 })
+    );
+    assert_eq!(
+        pod["dnsPolicy"], "ClusterFirstWithHostNet",
+        "the cluster's DNS on the host network"
+    );
+    let args = serve_args(&docs);
+    assert_eq!(args.listen.port(), 10443);
+    assert_eq!(args.metrics_listen.port(), 10090);
+    let container = &pod["containers"][0];
+    let https = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .expect("the https container port");
+    assert_eq!(https["containerPort"], 10443);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            container_port(container, &container[probe]["httpGet"]["port"]),
+            10443,
+            "{probe}"
+        );
+    }
+    let service = find(&docs, "Service");
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    let webhook_ref =
+        &find(&docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"];
+    let called = ports
+        .iter()
+        .find(|p| p["port"] == webhook_ref["port"])
+        .expect("the Service port the API server calls");
+    assert_eq!(container_port(container, &called["targetPort"]), 10443);
+    let metrics = ports.iter().find(|p| p["name"] == "metrics").unwrap();
+    assert_eq!(container_port(container, &metrics["targetPort"]), 10090);
+
+    // One port for two servers is refused, with the reason.
+    for clash in [
+        &["--set", "webhook.port=9090"][..],
+        &["--set", "metrics.port=8443"],
+        &[
+            "--set",
+            "hostNetwork=true",
+            "--set",
+            "webhook.port=10250",
+            "--set",
+            "metrics.port=10250",
+        ],
+    ] {
+        let error = template(&helm, clash).expect_err("a port clash");
+        assert!(
+            error.contains("webhook.port and metrics.port are both")
+                && error.contains("need a port each"),
+            "{clash:?}: {error}"
+        );
+    }
+    // The listen flags come from the port values, not extraArgs.
+    for flag in ["--listen=0.0.0.0:9443", "--metrics-listen=0.0.0.0:9091"] {
+        let error = template(&helm, &["--set", &format!("extraArgs[0]={flag}")])
+            .expect_err("a listen flag in extraArgs");
+        assert!(
+            error.contains("use webhook.port or metrics.port"),
+            "{flag}: {error}"
+        );
+    }
+    for bad in ["webhook.port=0", "webhook.port=65536", "hostNetwork=yes"] {
+        assert!(template(&helm, &["--set", bad]).is_err(), "{bad}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn a_rule_change_rolls_the_pods_only_when_asked() {
+    let helm = tool("helm");
+    // certs.mode=secret: the certificate (and its checksum) is the same on every render.
+    let pod_template = |rule: &str, rollout: bool| {
+        let docs = documents(
+            &template(
+                &helm,
+                &[
+                    "--set",
+                    &format!("registries[0].match={rule}"),
+                    "--set",
+                    "registries[0].secret=s",
+                    "--set",
+                    "pullSecrets.s.existingSecret=true",
+                    "--set",
+                    "certs.mode=secret",
+                    "--set",
+                    "certs.secret.name=tls",
+                    "--set",
+                    "certs.secret.caBundle=Y2E=",
+                    "--set",
+                    &format!("rolloutOnConfigChange={rollout}"),
+                ],
+            )
+            .unwrap(),
+        );
+        let config = find(&docs, "ConfigMap")["data"]["config.yaml"].clone();
+        (
+            find(&docs, "Deployment")["spec"]["template"].clone(),
+            config,
+        )
+    };
+    let (before, config_before) = pod_template("ghcr.io", false);
+    let (after, config_after) = pod_template("quay.io", false);
+    assert_ne!(config_before, config_after, "the rule reaches the config");
+    assert!(
+        before["metadata"]["annotations"]
+            .get("checksum/config")
+            .is_none(),
+        "no config checksum by default: {}",
+        before["metadata"]
+    );
+    assert_eq!(before, after, "the config reloads live: no rollout");
+
+    let (before, _) = pod_template("ghcr.io", true);
+    let (after, _) = pod_template("quay.io", true);
+    let checksum = |t: &Value| t["metadata"]["annotations"]["checksum/config"].clone();
+    assert!(checksum(&before).is_string(), "{}", before["metadata"]);
+    assert_ne!(checksum(&before), checksum(&after), "opted in: a rollout");
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn probes_tolerate_one_slow_answer_and_two_replicas_by_default() {
+    let helm = tool("helm");
+    let docs = render_default(&helm);
+    let deployment = find(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = &container[probe];
+        let failures = p["failureThreshold"].as_u64().unwrap_or(3);
+        let timeout = p["timeoutSeconds"].as_u64().unwrap_or(1);
+        let period = p["periodSeconds"].as_u64().unwrap_or(10);
+        assert!(failures >= 3, "{probe}: unready after {failures} misses");
+        // A slow answer is one that takes over a second (the kubelet's default timeout).
+        assert!(timeout >= 2, "{probe}: {timeout} s timeout");
+        assert!(timeout <= period, "{probe}: probes overlap");
+    }
 }
 
 /// Rule sets whose image condition the chart must render exactly as the binary does: every
@@ -424,7 +652,13 @@ fn pod_template_meets_restricted_pod_security() {
             pod["securityContext"]["seccompProfile"]["type"],
             "RuntimeDefault"
         );
-        for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        // hostNetwork is the one exception, and only where the values ask for it.
+        let asked: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        if asked["hostNetwork"] != true {
+            assert!(pod.get("hostNetwork").is_none(), "{file:?}");
+        }
+        for key in ["hostPID", "hostIPC"] {
             assert!(pod.get(key).is_none_or(|v| *v == false), "{key}");
         }
         for volume in pod["volumes"].as_array().unwrap() {
