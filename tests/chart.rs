@@ -408,6 +408,11 @@ fn webhook_port_and_host_network_reach_every_place_that_names_them() {
     );
     let pod = pod_of(&docs);
     assert_eq!(pod["hostNetwork"], true);
+    assert!(
+        serve_args(&docs).checks.host_network,
+        "node-local registries are checked from the node's network"
+    );
+    assert!(!serve_args(&render_default(&helm)).checks.host_network);
     // A surge Pod would need the node ports its predecessor holds.
     assert_eq!(
         find(&docs, "Deployment")["spec"]["strategy"]["rollingUpdate"],
