@@ -20,6 +20,8 @@ pub struct Config {
     sources: BTreeMap<String, Source>,
     /// Each rule's probe image, if it names one.
     probes: Vec<Option<String>>,
+    /// ServiceAccounts that also get the secrets in every opted-in namespace.
+    service_accounts: Vec<String>,
 }
 
 /// A config that cannot be used, with the place and the reason.
@@ -34,6 +36,8 @@ pub enum ConfigError {
     Syntax(String),
     #[error("secrets.{name}: {reason}")]
     Source { name: String, reason: String },
+    #[error("serviceAccounts: {0}")]
+    ServiceAccount(String),
     #[error("rule {index} (match {source_match:?}): {error}")]
     Rule {
         /// 1-based position in `registries`.
@@ -68,6 +72,8 @@ struct ConfigFile {
     registries: Option<Vec<RuleSpec>>,
     #[serde(default)]
     secrets: Option<BTreeMap<String, Source>>,
+    #[serde(rename = "serviceAccounts", default)]
+    service_accounts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +95,7 @@ impl Config {
             ConfigFile {
                 registries: None,
                 secrets: None,
+                service_accounts: None,
             }
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(one_line(&e)))?
@@ -155,6 +162,17 @@ impl Config {
                 });
             }
         }
+        let mut service_accounts: Vec<String> = Vec::new();
+        for name in file.service_accounts.unwrap_or_default() {
+            // A ServiceAccount's name is a DNS subdomain, as a Secret's is.
+            crate::rules::validate_secret_name(&name).map_err(|_| {
+                ConfigError::ServiceAccount(format!("{name:?} is not a valid ServiceAccount name"))
+            })?;
+            if service_accounts.contains(&name) {
+                return Err(ConfigError::ServiceAccount(format!("{name:?} is listed twice")));
+            }
+            service_accounts.push(name);
+        }
         let probes = specs.into_iter().map(|s| s.probe_image).collect();
         Ok((
             Self {
@@ -162,6 +180,7 @@ impl Config {
                 secrets,
                 sources,
                 probes,
+                service_accounts,
             },
             warnings,
         ))
@@ -174,6 +193,12 @@ impl Config {
             source,
         })?;
         Self::from_yaml(&text)
+    }
+
+    /// The ServiceAccounts that get every configured secret in opted-in namespaces, besides
+    /// the Pods (for what reads pull secrets from a ServiceAccount: Knative, Tekton, kpack).
+    pub fn service_accounts(&self) -> &[String] {
+        &self.service_accounts
     }
 
     pub fn rules(&self) -> &[Rule] {
