@@ -169,7 +169,9 @@ impl Config {
                 ConfigError::ServiceAccount(format!("{name:?} is not a valid ServiceAccount name"))
             })?;
             if service_accounts.contains(&name) {
-                return Err(ConfigError::ServiceAccount(format!("{name:?} is listed twice")));
+                return Err(ConfigError::ServiceAccount(format!(
+                    "{name:?} is listed twice"
+                )));
             }
             service_accounts.push(name);
         }

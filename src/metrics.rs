@@ -94,6 +94,7 @@ pub struct Metrics {
     credential_check_time: Family<RegistryLabels, Gauge>,
     leader: Gauge,
     task_restarts: Family<TaskLabels, Counter>,
+    sync_service_account_patches: Counter,
 }
 
 impl Default for Metrics {
@@ -234,6 +235,12 @@ impl Metrics {
                 "Unix time of the last credential check of a source against a registry",
                 Family::default(),
             ),
+            sync_service_account_patches: register(
+                r,
+                "sync_service_account_patches",
+                "ServiceAccounts whose imagePullSecrets the sync updated (serviceAccounts:)",
+                Counter::default(),
+            ),
             leader: register(
                 r,
                 "leader",
@@ -320,6 +327,10 @@ impl Metrics {
         self.sync_verifications
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn sync_service_account_patched(&self) {
+        self.sync_service_account_patches.inc();
     }
 
     pub fn leader(&self, leading: bool) {

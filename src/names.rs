@@ -31,3 +31,7 @@ pub const CREDENTIAL_SOURCE_ANNOTATION: &str = "pullsecret-injector.io/credentia
 pub const MINTED_AT_ANNOTATION: &str = "pullsecret-injector.io/minted-at";
 /// Annotation on a minted secret and its copies: when its credentials expire (RFC 3339).
 pub const EXPIRES_AT_ANNOTATION: &str = "pullsecret-injector.io/expires-at";
+/// Annotation on a ServiceAccount named by `serviceAccounts:`: the `imagePullSecrets` entries
+/// the sync added (comma-separated), so opting out removes exactly those.
+pub const SERVICE_ACCOUNT_SECRETS_ANNOTATION: &str =
+    "pullsecret-injector.io/service-account-secrets";

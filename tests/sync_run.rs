@@ -97,7 +97,16 @@ impl Running {
         args: SyncArgs,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let store = Arc::new(ConfigStore::new(config(secrets)));
+        Self::start_config(client, config(secrets), args, metrics)
+    }
+
+    fn start_config(
+        client: kube::Client,
+        config: Config,
+        args: SyncArgs,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let store = Arc::new(ConfigStore::new(config));
         let (verifier, requests) = Verifier::new(args.verify_on_admission);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // As on every replica: the webhook's read-backs beside the (leader's) sync.
@@ -574,5 +583,156 @@ async fn no_second_carries_more_than_the_client_rate_and_its_burst() {
             .count();
         assert!(window <= 50 + 10, "{window} requests within one second");
     }
+    sync.stop().await;
+}
+
+// ---- serviceAccounts: ----------------------------------------------------------------------
+
+fn pull_secrets_of(api: &FakeApi, ns: &str, name: &str) -> Option<Vec<String>> {
+    let sa = api.service_account(ns, name)?;
+    Some(
+        sa["imagePullSecrets"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// Waits (paused clock) until the ServiceAccount lists exactly `want`; on failure shows what
+/// the fake API server saw.
+async fn lists(api: &FakeApi, ns: &str, name: &str, want: &[&str]) -> bool {
+    let want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let ok = eventually(Duration::from_secs(10), || {
+        pull_secrets_of(api, ns, name) == Some(want.clone())
+    })
+    .await;
+    if !ok {
+        for r in api
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("serviceaccounts"))
+        {
+            eprintln!("{:?} {} {} watch={}", r.at, r.method, r.path, r.watch);
+        }
+        eprintln!("{ns}/{name}: {:?}", api.service_account(ns, name));
+    }
+    ok
+}
+
+fn service_account(secrets: &[&str]) -> Value {
+    json!({ "metadata": {}, "imagePullSecrets": secrets.iter().map(|s| json!({ "name": s })).collect::<Vec<_>>() })
+}
+
+/// What a user or the controller-manager writes over a ServiceAccount: the entries given,
+/// the annotations it had kept.
+fn edit_service_account(api: &FakeApi, ns: &str, name: &str, secrets: &[&str]) {
+    let mut sa = service_account(secrets);
+    if let Some(before) = api.service_account(ns, name) {
+        sa["metadata"]["annotations"] = before["metadata"]["annotations"].clone();
+    }
+    api.put_service_account(ns, name, sa);
+}
+
+#[tokio::test(start_paused = true)]
+async fn listed_service_accounts_get_our_secrets_after_theirs_and_lose_only_ours() {
+    let api = FakeApi::default();
+    let secrets = ["gar-pull", "ghcr"];
+    let namespaces = cluster(&api, 1, &secrets);
+    let ns = namespaces[0].as_str();
+    api.put_service_account(ns, "default", service_account(&[]));
+    api.put_service_account(ns, "builder", service_account(&["builder-own"]));
+    api.put_service_account(ns, "other", service_account(&["x"]));
+    // Not opted in: left alone.
+    api.add_namespace("elsewhere", false);
+    api.put_service_account("elsewhere", "default", service_account(&["theirs"]));
+    let config = Config::from_yaml(
+        "registries:\n  - match: r0.example.com\n    secret: gar-pull\n  - match: r1.example.com\n    secret: ghcr\nserviceAccounts: [default, builder]\n",
+    )
+    .expect("config")
+    .0;
+    let metrics = Arc::new(Metrics::new());
+    let client = api.client_with(&ApiLayer::new(&KubeArgs::default(), metrics.clone()));
+    let sync = Running::start_config(client, config, args(), metrics);
+
+    assert!(lists(&api, ns, "builder", &["builder-own", "gar-pull", "ghcr"]).await);
+    assert!(lists(&api, ns, "default", &["gar-pull", "ghcr"]).await);
+    assert_eq!(
+        pull_secrets_of(&api, ns, "other").unwrap(),
+        ["x"],
+        "not listed: untouched"
+    );
+    assert_eq!(
+        pull_secrets_of(&api, "elsewhere", "default").unwrap(),
+        ["theirs"]
+    );
+    assert_eq!(
+        api.service_account(ns, "builder").unwrap()["metadata"]["annotations"]
+            [pullsecret_injector::names::SERVICE_ACCOUNT_SECRETS_ANNOTATION],
+        "gar-pull,ghcr"
+    );
+
+    // Nothing to do: no write, however often the namespace is reconciled.
+    let writes = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == http::Method::PATCH && r.path.contains("/serviceaccounts/"))
+            .count()
+    };
+    let before = writes(&api);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(writes(&api), before);
+
+    // A user's later edit is kept; an entry of ours they remove comes back.
+    edit_service_account(
+        &api,
+        ns,
+        "builder",
+        &["builder-own", "gar-pull", "ghcr", "user-added"],
+    );
+    edit_service_account(&api, ns, "default", &["gar-pull"]);
+    assert!(lists(&api, ns, "default", &["gar-pull", "ghcr"]).await);
+    assert!(
+        lists(
+            &api,
+            ns,
+            "builder",
+            &["builder-own", "gar-pull", "ghcr", "user-added"]
+        )
+        .await
+    );
+
+    // A namespace opted in before its ServiceAccount exists: served once it appears.
+    api.add_namespace("team-new", true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    api.put_service_account("team-new", "default", service_account(&[]));
+    assert!(lists(&api, "team-new", "default", &["gar-pull", "ghcr"]).await);
+
+    // An entry the ServiceAccount had before us stays theirs when the namespace opts out.
+    api.add_namespace("team-had", false);
+    api.put_service_account("team-had", "default", service_account(&["ghcr"]));
+    api.label_namespace("team-had", true);
+    assert!(lists(&api, "team-had", "default", &["ghcr", "gar-pull"]).await);
+    api.label_namespace("team-had", false);
+    api.label_namespace(ns, false);
+    assert!(lists(&api, ns, "builder", &["builder-own", "user-added"]).await);
+    assert!(lists(&api, ns, "default", &[]).await);
+    assert!(
+        lists(&api, "team-had", "default", &["ghcr"]).await,
+        "theirs stays"
+    );
+    assert!(
+        api.service_account(ns, "builder").unwrap()["metadata"]["annotations"]
+            .get(pullsecret_injector::names::SERVICE_ACCOUNT_SECRETS_ANNOTATION)
+            .is_none()
+    );
+    assert!(
+        sync.metrics
+            .encode()
+            .contains("pullsecret_injector_sync_service_account_patches_total")
+    );
     sync.stop().await;
 }

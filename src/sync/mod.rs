@@ -21,6 +21,7 @@
 
 mod memory;
 mod reconcile;
+mod service_accounts;
 mod sources;
 mod verify;
 
@@ -40,6 +41,7 @@ use kube::{Api, Client, ResourceExt};
 pub use reconcile::{
     Context, Error, NamespaceMeta, content_hash, copy_of, error_policy, is_opted_in, reconcile,
 };
+pub use service_accounts::ServiceAccounts;
 pub use sources::Sources;
 pub use verify::{Verifier, run as run_read_backs};
 
@@ -123,14 +125,26 @@ pub async fn run(
         "source Secrets listed; reconciling namespaces"
     );
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        namespace,
-        config.clone(),
-        sources,
-        metrics,
-        args.resync_interval,
-    ));
+    // The ServiceAccounts `serviceAccounts:` names: their watch runs beside the controller
+    // and asks it to reconcile the namespace of each one that changes.
+    let service_accounts = ServiceAccounts::default();
+    let (sa_tx, sa_rx) = futures::channel::mpsc::channel(1024);
+    let sa_task = {
+        let (watched, client, config) = (service_accounts.clone(), client.clone(), config.clone());
+        tokio::spawn(async move { watched.watch(client, config, sa_tx).await })
+    };
+
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            namespace,
+            config.clone(),
+            sources,
+            metrics,
+            args.resync_interval,
+        )
+        .with_service_accounts(service_accounts),
+    );
 
     let config_changes = {
         let ctx = ctx.clone();
@@ -165,6 +179,7 @@ pub async fn run(
     Controller::for_stream(namespace_events, namespaces)
         .with_config(controller::Config::default().concurrency(args.sync_concurrency.max(1)))
         .reconcile_all_on(futures::stream::select(changed_rx, config_changes))
+        .reconcile_on(sa_rx)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -174,6 +189,7 @@ pub async fn run(
         })
         .await;
     source_task.abort();
+    sa_task.abort();
     tracing::info!("secret sync stopped");
 }
 

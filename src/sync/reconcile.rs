@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::memory::{Known, Memory, Verify, fingerprint};
+use super::service_accounts::{self, ServiceAccounts};
 use crate::metrics::Metrics;
 use crate::names::{
     APP_NAME, CREDENTIAL_SOURCE_ANNOTATION, DOCKER_CFG, DOCKER_CONFIG_JSON, EXPIRES_AT_ANNOTATION,
@@ -85,6 +86,8 @@ pub struct Context {
     retired: Mutex<BTreeSet<String>>,
     /// Consecutive failures per namespace, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The configured ServiceAccounts, as their watch sees them.
+    service_accounts: ServiceAccounts,
 }
 
 impl Context {
@@ -106,7 +109,31 @@ impl Context {
             memory: Memory::new(resync),
             retired: Mutex::default(),
             failures: Mutex::default(),
+            service_accounts: ServiceAccounts::default(),
         }
+    }
+
+    /// Serves the ServiceAccounts `serviceAccounts:` names, as `watched` sees them.
+    pub fn with_service_accounts(mut self, watched: ServiceAccounts) -> Self {
+        self.service_accounts = watched;
+        self
+    }
+
+    /// The configured ServiceAccounts of `ns` brought to `wanted`.
+    async fn serve_service_accounts(&self, ns: &str, wanted: &[String]) -> Result<(), Error> {
+        let config = self.config.load();
+        let written = service_accounts::reconcile(
+            &self.client,
+            &self.service_accounts,
+            config.service_accounts(),
+            ns,
+            wanted,
+        )
+        .await?;
+        for _ in 0..written {
+            self.metrics.sync_service_account_patched();
+        }
+        Ok(())
     }
 
     /// Takes note of a new config: names it dropped are retired (their copies removed).
@@ -220,6 +247,11 @@ async fn serve(
         all_read = false;
         first_error.get_or_insert(error);
     }
+    if let Err(error) = ctx.serve_service_accounts(ns, config.secrets()).await {
+        ctx.metrics.sync_error(error.metric_label());
+        tracing::warn!(%error, "ServiceAccount update failed");
+        first_error.get_or_insert(error);
+    }
     let now = Instant::now();
     if let Some(reason) = due
         && all_read
@@ -241,6 +273,8 @@ async fn clear(
     ns: &str,
     due: Option<Verify>,
 ) -> Result<Action, Error> {
+    // Our entries leave the ServiceAccounts first: that costs nothing where there are none.
+    ctx.serve_service_accounts(ns, &[]).await?;
     if ctx.memory.is_clean(ns) {
         return Ok(Action::await_change());
     }

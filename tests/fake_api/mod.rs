@@ -62,6 +62,7 @@ pub struct State {
     pub pods: BTreeMap<(String, String), Value>,
     pub events: Vec<Value>,
     pub leases: BTreeMap<(String, String), Value>,
+    pub service_accounts: BTreeMap<(String, String), Value>,
     /// The field manager owning each Lease's `spec.holderIdentity`.
     lease_holder_owner: HashMap<(String, String), String>,
     /// Evictions answered 429, as when a PodDisruptionBudget allows no disruption.
@@ -285,6 +286,33 @@ impl FakeApi {
         self.notify();
     }
 
+    /// A ServiceAccount created or replaced by a user (or the controller-manager).
+    pub fn put_service_account(&self, ns: &str, name: &str, mut sa: Value) {
+        let mut st = self.state();
+        let rv = st.bump();
+        sa["apiVersion"] = json!("v1");
+        sa["kind"] = json!("ServiceAccount");
+        sa["metadata"]["name"] = json!(name);
+        sa["metadata"]["namespace"] = json!(ns);
+        sa["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = (ns.to_owned(), name.to_owned());
+        let existed = st.service_accounts.insert(key, sa.clone()).is_some();
+        st.record(
+            "serviceaccounts",
+            if existed { "MODIFIED" } else { "ADDED" },
+            sa,
+        );
+        drop(st);
+        self.notify();
+    }
+
+    pub fn service_account(&self, ns: &str, name: &str) -> Option<Value> {
+        self.state()
+            .service_accounts
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
     pub fn pod(&self, ns: &str, name: &str) -> Option<Value> {
         self.state()
             .pods
@@ -422,6 +450,21 @@ impl FakeApi {
             ("GET", ["api", "v1", "namespaces"]) => {
                 return self.collection("namespaces", "Namespace", &query, watch, metadata_only);
             }
+            ("GET", ["api", "v1", "serviceaccounts"]) => {
+                return self.collection(
+                    "serviceaccounts",
+                    "ServiceAccount",
+                    &query,
+                    watch,
+                    metadata_only,
+                );
+            }
+            (_, ["api", "v1", "namespaces", ns, "serviceaccounts", name]) => {
+                let key = (ns.to_string(), name.to_string());
+                let answer = self.state().service_account_request(method, key, &body);
+                self.notify();
+                answer
+            }
             ("GET", ["api", "v1", "pods"]) => {
                 return self.collection("pods", "Pod", &query, watch, metadata_only);
             }
@@ -517,18 +560,11 @@ impl FakeApi {
         let shape = move |object: &Value| selected(object).then(|| shape(object));
         let st = self.state();
         if !watch {
-            let items: Vec<Value> = if collection == "namespaces" {
-                st.namespaces.values().filter_map(shape).collect()
-            } else if collection == "pods" {
-                st.pods.values().filter_map(shape).collect()
-            } else {
-                let ns = collection.trim_start_matches("secrets/");
-                st.secrets
-                    .iter()
-                    .filter(|((n, _), _)| n == ns)
-                    .filter_map(|(_, s)| shape(s))
-                    .collect()
-            };
+            let items: Vec<Value> = st
+                .objects(collection)
+                .into_iter()
+                .filter_map(shape)
+                .collect();
             let (api_version, list_kind) = if metadata_only {
                 ("meta.k8s.io/v1", "PartialObjectMetadataList".to_owned())
             } else {
@@ -556,6 +592,14 @@ impl FakeApi {
             .and_then(|s| s.parse().ok())
             .map(|s| Instant::now() + Duration::from_secs(s));
         let generation = st.watch_generation;
+        // What the watcher holds from its list: an object leaving the selection is DELETED to
+        // it, one it never held is not mentioned.
+        let held: std::collections::HashSet<String> = st
+            .objects(collection)
+            .into_iter()
+            .filter(|o| shape(o).is_some())
+            .map(object_key)
+            .collect();
         let cursor = st
             .changes
             .get(collection)
@@ -565,8 +609,9 @@ impl FakeApi {
         let api = self.clone();
         let collection = collection.to_owned();
         let rx = self.changed.subscribe();
-        let stream =
-            futures::stream::unfold((api, rx, cursor), move |(api, mut rx, mut cursor)| {
+        let stream = futures::stream::unfold(
+            (api, rx, cursor, held),
+            move |(api, mut rx, mut cursor, mut held)| {
                 let collection = collection.clone();
                 let shape = shape.clone();
                 async move {
@@ -588,10 +633,20 @@ impl FakeApi {
                                 for change in &log[cursor..] {
                                     // An object that leaves the selection is DELETED to
                                     // the watcher, as the API server tells it.
+                                    let key = object_key(&change.object);
                                     let (type_, object) = match shape(&change.object) {
-                                        Some(object) => (change.type_, object),
-                                        None if change.type_ == "DELETED" => continue,
-                                        None => ("DELETED", change.object.clone()),
+                                        Some(object) if change.type_ == "DELETED" => {
+                                            held.remove(&key);
+                                            (change.type_, object)
+                                        }
+                                        Some(object) => {
+                                            held.insert(key);
+                                            (change.type_, object)
+                                        }
+                                        None if held.remove(&key) => {
+                                            ("DELETED", change.object.clone())
+                                        }
+                                        None => continue,
                                     };
                                     out.push_str(
                                         &json!({ "type": type_, "object": object }).to_string(),
@@ -602,7 +657,7 @@ impl FakeApi {
                                 drop(st);
                                 return Some((
                                     Ok::<_, Infallible>(Frame::data(Bytes::from(out))),
-                                    (api, rx, cursor),
+                                    (api, rx, cursor, held),
                                 ));
                             }
                         }
@@ -616,7 +671,8 @@ impl FakeApi {
                         }
                     }
                 }
-            });
+            },
+        );
         streaming(StreamBody::new(stream).boxed_unsync())
     }
 }
@@ -636,10 +692,20 @@ fn selector(query: &HashMap<String, String>) -> impl Fn(&Value) -> bool + Clone 
             .as_deref()
             .is_none_or(|sel| match sel.split_once('=') {
                 Some(("status.phase", phase)) => object["status"]["phase"] == phase,
+                Some(("metadata.name", name)) => object["metadata"]["name"] == name,
                 _ => true,
             });
         label_ok && field_ok
     }
+}
+
+/// `namespace/name` of an object.
+fn object_key(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    )
 }
 
 fn already_exists(resource: &str, name: &str) -> (u16, Value) {
@@ -659,6 +725,23 @@ fn streaming(body: ResponseBody) -> Response<ResponseBody> {
 }
 
 impl State {
+    /// The objects of a collection (`namespaces`, `pods`, `serviceaccounts`, `secrets/<ns>`).
+    fn objects(&self, collection: &str) -> Vec<&Value> {
+        match collection {
+            "namespaces" => self.namespaces.values().collect(),
+            "pods" => self.pods.values().collect(),
+            "serviceaccounts" => self.service_accounts.values().collect(),
+            _ => {
+                let ns = collection.trim_start_matches("secrets/");
+                self.secrets
+                    .iter()
+                    .filter(|((n, _), _)| n == ns)
+                    .map(|(_, s)| s)
+                    .collect()
+            }
+        }
+    }
+
     fn bump(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -795,6 +878,57 @@ impl State {
                 }
                 existing["metadata"]["resourceVersion"] = json!(rv.to_string());
                 (200, existing.clone())
+            }
+            _ => status(405, "MethodNotAllowed", method),
+        }
+    }
+
+    /// `get`, and a JSON merge patch whose `metadata.resourceVersion` is a precondition.
+    fn service_account_request(
+        &mut self,
+        method: &str,
+        key: (String, String),
+        body: &Value,
+    ) -> (u16, Value) {
+        let not_found = status(
+            404,
+            "NotFound",
+            &format!("serviceaccounts \"{}\" not found", key.1),
+        );
+        let Some(existing) = self.service_accounts.get(&key) else {
+            return not_found;
+        };
+        match method {
+            "GET" => (200, existing.clone()),
+            "PATCH" => {
+                let want = &body["metadata"]["resourceVersion"];
+                if want.is_string() && *want != existing["metadata"]["resourceVersion"] {
+                    return status(409, "Conflict", "the object has been modified");
+                }
+                let rv = self.bump();
+                let Some(sa) = self.service_accounts.get_mut(&key) else {
+                    return not_found;
+                };
+                for (k, v) in body["metadata"]["annotations"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    match (v.is_null(), sa["metadata"]["annotations"].as_object_mut()) {
+                        (true, Some(annotations)) => {
+                            annotations.remove(&k);
+                        }
+                        (true, None) => {}
+                        (false, _) => sa["metadata"]["annotations"][k] = v,
+                    }
+                }
+                if let Some(list) = body.get("imagePullSecrets") {
+                    sa["imagePullSecrets"] = list.clone();
+                }
+                sa["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let updated = sa.clone();
+                self.record("serviceaccounts", "MODIFIED", updated.clone());
+                (200, updated)
             }
             _ => status(405, "MethodNotAllowed", method),
         }
