@@ -277,6 +277,14 @@ async fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             )?,
         }
     }
+    // Listed only when configured: the Pods get the secrets either way.
+    if !config.service_accounts().is_empty() {
+        writeln!(
+            out,
+            "  serviceAccounts: {}",
+            config.service_accounts().join(", ")
+        )?;
+    }
     for w in &warnings {
         writeln!(out, "warning: {w}")?;
     }

@@ -732,6 +732,89 @@ fn rbac_reaches_secrets_by_name_only() {
     );
 }
 
+/// The ClusterRole's rules that name `resource`.
+fn rules_on<'a>(docs: &'a [Value], resource: &str) -> Vec<&'a Value> {
+    find(docs, "ClusterRole")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == resource)
+        })
+        .collect()
+}
+
+fn config_of(docs: &[Value]) -> Config {
+    let yaml = find(docs, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    Config::from_yaml(yaml)
+        .unwrap_or_else(|e| panic!("the binary refuses the chart's config: {e}\n{yaml}"))
+        .0
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn service_accounts_reach_the_config_and_rbac_by_name_only() {
+    let helm = tool("helm");
+    let values = chart_dir().join(DEFAULT_VALUES);
+    let values = values.to_str().unwrap();
+    for off in [
+        documents(&template(&helm, &[]).unwrap()),
+        render_default(&helm),
+    ] {
+        assert!(
+            rules_on(&off, "serviceaccounts").is_empty(),
+            "no access to ServiceAccounts unless listed"
+        );
+        assert!(config_of(&off).service_accounts().is_empty());
+    }
+
+    let on = documents(
+        &template(
+            &helm,
+            &["-f", values, "--set", "serviceAccounts={default,builder}"],
+        )
+        .unwrap(),
+    );
+    assert_eq!(config_of(&on).service_accounts(), ["default", "builder"]);
+    assert_eq!(
+        rules_on(&on, "serviceaccounts"),
+        [
+            &serde_json::json!({ "apiGroups": [""], "resources": ["serviceaccounts"],
+            "resourceNames": ["default", "builder"], "verbs": ["get", "patch", "list", "watch"] })
+        ]
+    );
+    // Secrets are reached exactly as without it; the release namespace's Role is the same.
+    let off = render_default(&helm);
+    assert_eq!(rules_on(&on, "secrets"), rules_on(&off, "secrets"));
+    assert_eq!(find(&on, "Role"), find(&off, "Role"));
+
+    // The ci values file that lists them renders the same rule.
+    let ci = chart_dir().join("ci/single-replica-values.yaml");
+    let docs = documents(&template(&helm, &["-f", ci.to_str().unwrap()]).unwrap());
+    assert_eq!(config_of(&docs).service_accounts(), ["default", "builder"]);
+    assert_eq!(
+        rules_on(&docs, "serviceaccounts")[0]["resourceNames"],
+        serde_json::json!(["default", "builder"])
+    );
+
+    for bad in [
+        "serviceAccounts={default,default}",
+        "serviceAccounts={Builder}",
+        "serviceAccounts={build_er}",
+        "serviceAccounts[0]=",
+        "serviceAccounts=default",
+    ] {
+        let error = template(&helm, &["-f", values, "--set", bad]).expect_err(bad);
+        assert!(error.contains("serviceAccounts"), "{bad}: {error}");
+    }
+}
+
 #[test]
 #[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
 fn repair_rbac_and_flags_only_when_asked() {

@@ -345,6 +345,10 @@ fn check_config_prints_rules_and_warnings() {
     assert!(text.contains("5 rule(s), 4 secret(s)"), "{text}");
     assert!(text.contains("2. *.pkg.dev -> gar-pull"), "{text}");
     assert!(!text.contains("warning"), "{text}");
+    assert!(
+        !text.contains("serviceAccounts"),
+        "none configured, none listed: {text}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.yaml");
@@ -370,6 +374,41 @@ fn check_config_prints_rules_and_warnings() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn check_config_lists_the_service_accounts_in_config_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "registries:\n  - match: ghcr.io\n    secret: ghcr\nserviceAccounts: [default, builder]\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == "serviceAccounts: default, builder"),
+        "{text}"
+    );
+
+    // A bad name is refused with the config's own error, not listed.
+    std::fs::write(
+        &file,
+        "registries:\n  - match: ghcr.io\n    secret: ghcr\nserviceAccounts: [default, Builder_1]\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", file.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("serviceAccounts:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("Builder_1"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
 }
 
 /// Every command of the binary as clap declares it, by its path of names from the binary

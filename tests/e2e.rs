@@ -9,7 +9,7 @@
 //! Deployment whose Pods really fail to pull); on a bare API server it sets the stuck status
 //! itself, as the kubelet would. Every run uses fresh namespaces and removes what it made, also when a case fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -52,6 +52,10 @@ struct Run {
     ns_b: String,
     /// Opted in later, with a foreign Secret of a configured name already in it.
     ns_c: String,
+    /// The ServiceAccount case's: opted in after its ServiceAccounts exist.
+    ns_sa: String,
+    /// The ServiceAccount case's: created with the label, its `default` made after.
+    ns_sa_late: String,
     webhook_name: String,
     dir: tempfile::TempDir,
     host: String,
@@ -62,12 +66,44 @@ struct Run {
 }
 
 impl Run {
-    fn namespaces(&self) -> [&str; 4] {
-        [&self.source_ns, &self.ns_a, &self.ns_b, &self.ns_c]
+    fn namespaces(&self) -> [&str; 6] {
+        [
+            &self.source_ns,
+            &self.ns_a,
+            &self.ns_b,
+            &self.ns_c,
+            &self.ns_sa,
+            &self.ns_sa_late,
+        ]
     }
 
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.yaml")
+    }
+
+    /// The injector's config: the rules, ghcr-acme minted by a credential provider plugin
+    /// (the one source kind that runs anywhere), and `serviceAccounts` when given.
+    fn write_config(&self, service_accounts: &[&str]) {
+        let rules: String = RULES
+            .iter()
+            .map(|(m, secret)| format!("  - match: {m}\n    secret: {secret}\n"))
+            .collect();
+        let plugin = manifest_dir().join("tests/plugins/good-provider.sh");
+        let mut config = format!(
+            "registries:\n{rules}secrets:\n  ghcr-acme:\n    credentialProvider: {{command: {}}}\n",
+            plugin.display()
+        );
+        if !service_accounts.is_empty() {
+            config.push_str(&format!(
+                "serviceAccounts: [{}]\n",
+                service_accounts.join(", ")
+            ));
+        }
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    fn service_accounts(&self, ns: &str) -> Api<ServiceAccount> {
+        Api::namespaced(self.client.clone(), ns)
     }
 
     fn start_server(&mut self) {
@@ -264,6 +300,68 @@ where
     }
 }
 
+/// A namespace of the run, labelled as the suite's (and opted in when asked).
+async fn create_namespace(run: &Run, ns: &str, opted_in: bool) {
+    let mut labels = BTreeMap::from([(
+        "app.kubernetes.io/part-of".to_owned(),
+        "pullsecret-injector-e2e".to_owned(),
+    )]);
+    if opted_in {
+        labels.insert(
+            "pullsecret-injector.io/inject".to_owned(),
+            "enabled".to_owned(),
+        );
+    }
+    let object = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ns.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(run.client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+}
+
+/// The `default` ServiceAccount, as the controller-manager makes it (unless it did already).
+async fn create_default_service_account(run: &Run, ns: &str) {
+    let default: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "default" } })).unwrap();
+    match run
+        .service_accounts(ns)
+        .create(&PostParams::default(), &default)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("create ServiceAccount default in {ns}: {e}"),
+    }
+}
+
+fn sa_pull_secrets(sa: &ServiceAccount) -> Vec<String> {
+    sa.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// The entries the sync recorded as its own on a ServiceAccount.
+fn sa_ours(sa: &ServiceAccount) -> BTreeSet<String> {
+    sa.annotations()
+        .get("pullsecret-injector.io/service-account-secrets")
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The MutatingWebhookConfiguration as the chart renders it in external-URL mode.
 fn render_webhook(run: &Run, ca_bundle: &str, kube_version: &str) -> MutatingWebhookConfiguration {
     let registries: Value = RULES
@@ -354,6 +452,8 @@ async fn setup() -> Run {
         ns_a: format!("psi-e2e-{id}-a"),
         ns_b: format!("psi-e2e-{id}-b"),
         ns_c: format!("psi-e2e-{id}-c"),
+        ns_sa: format!("psi-e2e-{id}-sa"),
+        ns_sa_late: format!("psi-e2e-{id}-sa-late"),
         webhook_name: format!("psi-e2e-{id}-pullsecret-injector"),
         id,
         dir: tempfile::tempdir().unwrap(),
@@ -362,21 +462,8 @@ async fn setup() -> Run {
         server: None,
         second: None,
     };
-    let rules: String = RULES
-        .iter()
-        .map(|(m, secret)| format!("  - match: {m}\n    secret: {secret}\n"))
-        .collect();
-    // ghcr-acme is minted by a credential provider plugin: the one source kind that runs
-    // anywhere.
-    let plugin = manifest_dir().join("tests/plugins/good-provider.sh");
-    std::fs::write(
-        run.config_path(),
-        format!(
-            "registries:\n{rules}secrets:\n  ghcr-acme:\n    credentialProvider: {{command: {}}}\n",
-            plugin.display()
-        ),
-    )
-    .unwrap();
+    // No serviceAccounts until their case: see service_accounts_case.
+    run.write_config(&[]);
     run
 }
 
@@ -384,43 +471,14 @@ async fn setup() -> Run {
 /// needs, in case no controller-manager makes it), the source Secret, the server, and the
 /// webhook registration.
 async fn prepare(run: &mut Run) {
-    let namespaces: Api<Namespace> = Api::all(run.client.clone());
     for (ns, opted_in) in [
         (&run.source_ns, false),
         (&run.ns_a, true),
         (&run.ns_b, false),
         (&run.ns_c, false),
     ] {
-        let mut labels = BTreeMap::from([(
-            "app.kubernetes.io/part-of".to_owned(),
-            "pullsecret-injector-e2e".to_owned(),
-        )]);
-        if opted_in {
-            labels.insert(
-                "pullsecret-injector.io/inject".to_owned(),
-                "enabled".to_owned(),
-            );
-        }
-        let object = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(ns.clone()),
-                labels: Some(labels),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
-        let sas: Api<ServiceAccount> = Api::namespaced(run.client.clone(), ns);
-        let default: ServiceAccount =
-            serde_json::from_value(json!({ "metadata": { "name": "default" } })).unwrap();
-        match sas.create(&PostParams::default(), &default).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => panic!("create ServiceAccount default in {ns}: {e}"),
-        }
+        create_namespace(run, ns, opted_in).await;
+        create_default_service_account(run, ns).await;
     }
     run.secrets(&run.source_ns)
         .create(&PostParams::default(), &docker_config("first"))
@@ -663,6 +721,7 @@ async fn cases(run: &mut Run) {
     repair_case(run).await;
     restart_case(run).await;
     failover_case(run).await;
+    service_accounts_case(run).await;
 }
 
 /// Case 14, two replicas: the one holding the Lease does the sync. Killed by SIGKILL, the
@@ -1265,4 +1324,202 @@ async fn check_commands_case(run: &Run) {
         [0, 10, 11, 12, 14, 15].contains(&code),
         "case 13: exit {code}: {text}"
     );
+}
+
+/// Case 15, ServiceAccounts too (`serviceAccounts: [default, builder]`): in an opted-in
+/// namespace the listed ServiceAccounts get our secrets after their own entries.
+///
+/// It runs last and turns `serviceAccounts` on itself (a restart with the new config), in
+/// namespaces of its own: with it on, the ServiceAccount admission plugin copies the `default`
+/// ServiceAccount's entries into every Pod of an opted-in namespace, which the per-Pod cases
+/// above assert exactly, and turning it off again leaves the entries in place (only opting
+/// out removes them).
+async fn service_accounts_case(run: &mut Run) {
+    let (ns, late) = (run.ns_sa.clone(), run.ns_sa_late.clone());
+    // The configured secrets, in config order: what every listed ServiceAccount ends with.
+    let mut ours: Vec<String> = Vec::new();
+    for (_, secret) in RULES {
+        if !ours.iter().any(|s| s == secret) {
+            ours.push(secret.to_owned());
+        }
+    }
+    let ours_set: BTreeSet<String> = ours.iter().cloned().collect();
+    run.stop_server();
+    run.write_config(&["default", "builder"]);
+    run.start_server();
+
+    // Before the label: `builder` with an entry of its own, and `default`.
+    create_namespace(run, &ns, false).await;
+    let sas = run.service_accounts(&ns);
+    let builder: ServiceAccount = serde_json::from_value(json!({
+        "metadata": { "name": "builder" },
+        "imagePullSecrets": [{ "name": "builder-own" }],
+    }))
+    .unwrap();
+    sas.create(&PostParams::default(), &builder)
+        .await
+        .expect("create ServiceAccount builder");
+    wait_for_default(run, &ns).await;
+    let default_before = sa_pull_secrets(&sas.get("default").await.unwrap());
+    assert!(
+        default_before.iter().all(|e| !ours_set.contains(e)),
+        "case 15: nothing of ours before the label: {default_before:?}"
+    );
+
+    run.set_opt_in(&ns, true).await;
+    let mut want = vec!["builder-own".to_owned()];
+    want.extend(ours.iter().cloned());
+    let builder = eventually("case 15: builder has its own entry, then ours", || async {
+        sas.get("builder")
+            .await
+            .ok()
+            .filter(|sa| sa_pull_secrets(sa) == want)
+    })
+    .await;
+    assert_eq!(sa_ours(&builder), ours_set, "case 15: ours recorded");
+    let mut want_default = default_before.clone();
+    want_default.extend(ours.iter().cloned());
+    eventually("case 15: default has ours after what it had", || async {
+        sas.get("default")
+            .await
+            .ok()
+            .filter(|sa| sa_pull_secrets(sa) == want_default && sa_ours(sa) == ours_set)
+    })
+    .await;
+
+    // A user's later edit (kubectl edit: read, change, replace) is kept, and the sync does
+    // not write again: nothing of ours is missing.
+    let edited = edit_service_account(run, &ns, "builder", |list| {
+        list.push("user-added".to_owned());
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = sas.get("builder").await.unwrap();
+    let mut want_edited = want.clone();
+    want_edited.push("user-added".to_owned());
+    assert_eq!(
+        sa_pull_secrets(&now),
+        want_edited,
+        "case 15: the user's edit kept"
+    );
+    assert_eq!(
+        now.resource_version(),
+        edited.resource_version(),
+        "case 15: no write after the user's edit"
+    );
+
+    // A user removing one of ours gets it back; the user's own entries stay.
+    let removed = ours[1].clone();
+    edit_service_account(run, &ns, "builder", |list| list.retain(|e| *e != removed)).await;
+    let restored = eventually("case 15: the removed entry of ours back", || async {
+        sas.get("builder")
+            .await
+            .ok()
+            .filter(|sa| sa_pull_secrets(sa).contains(&removed))
+    })
+    .await;
+    let list = sa_pull_secrets(&restored);
+    assert_eq!(
+        list[0], "builder-own",
+        "case 15: theirs stay first: {list:?}"
+    );
+    assert!(list.contains(&"user-added".to_owned()), "{list:?}");
+    assert_eq!(
+        list.len(),
+        ours.len() + 2,
+        "case 15: no duplicates: {list:?}"
+    );
+    assert_eq!(sa_ours(&restored), ours_set);
+
+    // A namespace created with the label: its `default` gets ours once it exists, and a
+    // listed ServiceAccount that does not exist is not created.
+    create_namespace(run, &late, true).await;
+    wait_for_default(run, &late).await;
+    let late_sas = run.service_accounts(&late);
+    eventually("case 15: default of a new namespace has ours", || async {
+        late_sas
+            .get("default")
+            .await
+            .ok()
+            .filter(|sa| sa_pull_secrets(sa).ends_with(&ours) && sa_ours(sa) == ours_set)
+    })
+    .await;
+    assert!(
+        late_sas.get_opt("builder").await.unwrap().is_none(),
+        "case 15: a missing ServiceAccount is not created"
+    );
+
+    // Removing the label removes ours only.
+    run.set_opt_in(&ns, false).await;
+    run.set_opt_in(&late, false).await;
+    let theirs = vec!["builder-own".to_owned(), "user-added".to_owned()];
+    let builder = eventually(
+        "case 15: builder keeps only its own after opt-out",
+        || async {
+            sas.get("builder")
+                .await
+                .ok()
+                .filter(|sa| sa_pull_secrets(sa) == theirs)
+        },
+    )
+    .await;
+    assert!(
+        sa_ours(&builder).is_empty(),
+        "case 15: nothing recorded as ours"
+    );
+    eventually("case 15: default back to what it had", || async {
+        sas.get("default")
+            .await
+            .ok()
+            .filter(|sa| sa_pull_secrets(sa) == default_before && sa_ours(sa).is_empty())
+    })
+    .await;
+    eventually(
+        "case 15: the new namespace's default without ours",
+        || async {
+            late_sas
+                .get("default")
+                .await
+                .ok()
+                .filter(|sa| sa_pull_secrets(sa).iter().all(|e| !ours_set.contains(e)))
+        },
+    )
+    .await;
+}
+
+/// Waits up to 10 s for the controller-manager to make `default` in `ns`, and makes it by
+/// hand on a cluster without one (a bare API server).
+async fn wait_for_default(run: &Run, ns: &str) {
+    let sas = run.service_accounts(ns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if sas.get_opt("default").await.ok().flatten().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    create_default_service_account(run, ns).await;
+}
+
+/// A user's edit of a ServiceAccount's `imagePullSecrets`: read, change, replace with the
+/// version read, again on a conflict (the sync may write in between). Returns what was stored.
+async fn edit_service_account(
+    run: &Run,
+    ns: &str,
+    name: &str,
+    change: impl Fn(&mut Vec<String>),
+) -> ServiceAccount {
+    let sas = run.service_accounts(ns);
+    eventually(&format!("the edit of ServiceAccount {name}"), || async {
+        let mut sa = sas.get(name).await.ok()?;
+        let mut list = sa_pull_secrets(&sa);
+        change(&mut list);
+        sa.image_pull_secrets = Some(
+            list.into_iter()
+                .map(|name| k8s_openapi::api::core::v1::LocalObjectReference { name })
+                .collect(),
+        );
+        sas.replace(name, &PostParams::default(), &sa).await.ok()
+    })
+    .await
 }
