@@ -33,14 +33,17 @@ use super::reconcile::{Error, NamespaceMeta};
 use crate::names::{FIELD_MANAGER, SERVICE_ACCOUNT_SECRETS_ANNOTATION};
 use crate::watch::ConfigStore;
 
-/// The configured ServiceAccounts as the watch last saw them, by (namespace, name).
+/// ServiceAccounts by (namespace, name).
+type Seen = HashMap<(String, String), Arc<ServiceAccount>>;
+
+/// The configured ServiceAccounts as the watch last saw them.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceAccounts {
-    seen: Arc<Mutex<HashMap<(String, String), Arc<ServiceAccount>>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl ServiceAccounts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<ServiceAccount>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
