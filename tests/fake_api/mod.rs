@@ -229,24 +229,21 @@ impl FakeApi {
 
     /// Creates or replaces a Secret as someone other than the sync would.
     pub fn put_secret(&self, ns: &str, name: &str, mut secret: Value) {
-        let mut st = self.state();
-        let rv = st.bump();
-        secret["apiVersion"] = json!("v1");
-        secret["kind"] = json!("Secret");
         secret["metadata"]["name"] = json!(name);
         secret["metadata"]["namespace"] = json!(ns);
-        secret["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = (ns.to_owned(), name.to_owned());
-        let uid = st
+        let mut st = self.state();
+        // A replaced Secret keeps its uid.
+        if let Some(uid) = st
             .secrets
-            .get(&key)
+            .get(&(ns.to_owned(), name.to_owned()))
             .map(|s| s["metadata"]["uid"].clone())
-            .unwrap_or_else(|| json!(format!("uid-{rv}")));
-        secret["metadata"]["uid"] = uid;
-        let existed = st.secrets.insert(key, secret.clone()).is_some();
-        st.record(
+        {
+            secret["metadata"]["uid"] = uid;
+        }
+        st.put(
             &format!("secrets/{ns}"),
-            if existed { "MODIFIED" } else { "ADDED" },
+            "Secret",
+            |st| &mut st.secrets,
             secret,
         );
         drop(st);
@@ -264,45 +261,21 @@ impl FakeApi {
     }
 
     /// Creates or replaces a Pod (namespace and name from its metadata).
-    pub fn put_pod(&self, mut pod: Value) {
-        let mut st = self.state();
-        let rv = st.bump();
-        pod["apiVersion"] = json!("v1");
-        pod["kind"] = json!("Pod");
-        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = (
-            pod["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-        let existed = st.pods.insert(key, pod.clone()).is_some();
-        st.record("pods", if existed { "MODIFIED" } else { "ADDED" }, pod);
-        drop(st);
+    pub fn put_pod(&self, pod: Value) {
+        self.state().put("pods", "Pod", |st| &mut st.pods, pod);
         self.notify();
     }
 
     /// A ServiceAccount created or replaced by a user (or the controller-manager).
     pub fn put_service_account(&self, ns: &str, name: &str, mut sa: Value) {
-        let mut st = self.state();
-        let rv = st.bump();
-        sa["apiVersion"] = json!("v1");
-        sa["kind"] = json!("ServiceAccount");
         sa["metadata"]["name"] = json!(name);
         sa["metadata"]["namespace"] = json!(ns);
-        sa["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = (ns.to_owned(), name.to_owned());
-        let existed = st.service_accounts.insert(key, sa.clone()).is_some();
-        st.record(
+        self.state().put(
             "serviceaccounts",
-            if existed { "MODIFIED" } else { "ADDED" },
+            "ServiceAccount",
+            |st| &mut st.service_accounts,
             sa,
         );
-        drop(st);
         self.notify();
     }
 
@@ -740,6 +713,37 @@ impl State {
                     .collect()
             }
         }
+    }
+
+    /// Stores `object` (namespace and name from its metadata) as a user's create or replace
+    /// would: a new resourceVersion, a uid if it has none, the change recorded.
+    fn put(
+        &mut self,
+        collection: &str,
+        kind: &str,
+        objects: fn(&mut Self) -> &mut BTreeMap<(String, String), Value>,
+        mut object: Value,
+    ) {
+        let rv = self.bump();
+        object["apiVersion"] = json!("v1");
+        object["kind"] = json!(kind);
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if !object["metadata"]["uid"].is_string() {
+            object["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        }
+        let meta = |field: &str| {
+            object["metadata"][field]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let key = (meta("namespace"), meta("name"));
+        let existed = objects(self).insert(key, object.clone()).is_some();
+        self.record(
+            collection,
+            if existed { "MODIFIED" } else { "ADDED" },
+            object,
+        );
     }
 
     fn bump(&mut self) -> u64 {
