@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::FutureExt;
 
 use crate::admission;
+use crate::admission_policy::AdmissionPolicy;
 use crate::check_pull::CheckPullArgs;
 use crate::config::Config;
 use crate::credentials::http::HttpClient;
@@ -80,6 +81,28 @@ pub enum Render {
     /// The webhook's `matchConditions`: the API server then calls the webhook only for Pods
     /// with an image some rule may match (the chart renders the same list).
     MatchConditions(MatchConditionsArgs),
+    /// A MutatingAdmissionPolicy and its binding (Kubernetes 1.36+) that decide exactly as the
+    /// webhook: the API server then injects by itself, with no webhook in the path.
+    AdmissionPolicy(AdmissionPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdmissionPolicyArgs {
+    /// Registries config (YAML).
+    #[arg(long, env = "PSI_CONFIG")]
+    pub config: PathBuf,
+    /// The injector's namespace, which the binding leaves out (as it leaves out kube-system).
+    #[arg(long, env = "PSI_NAMESPACE", default_value = "pullsecret-injector")]
+    pub namespace: String,
+    /// What to print: two YAML documents, or a JSON `List` (both for `kubectl apply -f`).
+    #[arg(long, short, env = "PSI_OUTPUT", value_enum, default_value_t = ManifestOutput::Yaml)]
+    pub output: ManifestOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ManifestOutput {
+    Yaml,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +193,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config(&args).await,
         Command::CreateSecret(args) => crate::secret::run(&args).await,
         Command::Render(Render::MatchConditions(args)) => render_match_conditions(&args),
+        Command::Render(Render::AdmissionPolicy(args)) => render_admission_policy(&args),
         Command::Token(args) => token(&args).await,
         Command::CheckPull(args) => crate::check_pull::run(&args).await,
     }
@@ -411,6 +435,35 @@ fn render_match_conditions(args: &MatchConditionsArgs) -> anyhow::Result<ExitCod
         condition.expression.len(),
         condition.worst_case_cost(),
         condition.max_images
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_admission_policy(args: &AdmissionPolicyArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let policy = AdmissionPolicy::new(&config);
+    let [policy_doc, binding_doc] = policy.manifests(&args.namespace);
+    let text = match args.output {
+        ManifestOutput::Yaml => format!(
+            "{}---\n{}",
+            serde_yaml_ng::to_string(&policy_doc)?,
+            serde_yaml_ng::to_string(&binding_doc)?
+        ),
+        ManifestOutput::Json => {
+            let list = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [policy_doc, binding_doc],
+            });
+            serde_json::to_string_pretty(&list)? + "\n"
+        }
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    eprintln!(
+        "{}: worst-case cost {} of the API server's {PER_CALL_LIMIT} per expression; Pods with more than {} containers and volumes are not examined and get no secret",
+        crate::admission_policy::POLICY_NAME,
+        policy.worst_case_cost,
+        policy.max_images
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod admission_policy;
 pub mod check_pull;
 pub mod cli;
 pub mod config;

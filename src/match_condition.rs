@@ -30,9 +30,10 @@ pub const MIRROR_EXPRESSION: &str = "!has(object.metadata) || !has(object.metada
 /// Name of the condition that sends only Pods with an image a rule may match.
 pub const IMAGE_CONDITION: &str = "an-image-may-match-a-rule";
 
-/// Longest valid image reference: a 255-character name, `:` and a 128-character tag, `@` and a
+/// Longest valid image reference: a name of 255 characters once normalized (261 as written:
+/// `index.docker.io/` normalizes to `docker.io/`), `:` and a 128-character tag, `@` and a
 /// `sha512:` digest. A longer string is not a reference, so no rule matches it.
-pub const MAX_IMAGE_LEN: usize = 255 + 1 + 128 + 1 + 7 + 128;
+pub const MAX_IMAGE_LEN: usize = 255 + 6 + 1 + 128 + 1 + 7 + 128;
 /// The API server's cost limit for one CEL expression (`celconfig.PerCallLimit`).
 pub const PER_CALL_LIMIT: u64 = 1_000_000;
 /// What the expression is sized to cost at most: a tenth below the limit, for what the cost

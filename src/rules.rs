@@ -228,6 +228,35 @@ impl Rule {
     }
 }
 
+/// What a host label of a valid image reference is made of: a DNS label's characters, and an
+/// IPv6 literal's (the inside of its brackets, one label to the kubelet).
+/// Each with the class that stands for any of them.
+const DNS_LABEL: (&str, &str) = (
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-",
+    r"[A-Za-z0-9\-]",
+);
+const IPV6: (&str, &str) = ("0123456789ABCDEFabcdef:", "[0-9A-Fa-f:]");
+
+impl Rule {
+    /// An RE2 pattern matching exactly the registry hosts [`Rule::matches`] accepts, as an
+    /// image reference writes them (an IPv6 host in brackets); `None` when no valid image
+    /// host can match. Each glob is rewritten over the characters a label can hold, so a `*`
+    /// or a class never reaches across a `.`, a port or a path.
+    pub fn host_regex(&self) -> Option<String> {
+        let dns: Option<Vec<String>> = self.labels.iter().map(|l| l.to_regex(DNS_LABEL)).collect();
+        let dns = dns.map(|labels| labels.join(r"\."));
+        // An IPv6 host has no '.': it is one label.
+        let v6 = match self.labels.as_slice() {
+            [label] => label.to_regex(IPV6).map(|l| format!(r"\[{l}\]")),
+            _ => None,
+        };
+        match (dns, v6) {
+            (Some(dns), Some(v6)) => Some(format!("(?:{dns}|{v6})")),
+            (dns, v6) => dns.or(v6),
+        }
+    }
+}
+
 impl fmt::Display for Rule {
     /// The rule in its normalized form: `host[:port][/path] -> secret`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -338,6 +367,34 @@ impl Glob {
         })
     }
 
+    /// The label as an RE2 pattern over `chars` (the characters the label may hold, listed
+    /// in full, and the class of them all); `None` when it needs a character outside them.
+    fn to_regex(&self, (chars, all): (&str, &str)) -> Option<String> {
+        let mut out = String::new();
+        for token in &self.tokens {
+            match token {
+                Token::Char(c) if chars.contains(*c) => out.push(*c),
+                Token::Char(_) => return None,
+                Token::Any => out.push_str(all),
+                Token::Star => {
+                    out.push_str(all);
+                    out.push('*');
+                }
+                Token::Class { negated, ranges } => {
+                    let members = chars.chars().filter(|c| {
+                        ranges.iter().any(|(lo, hi)| (lo..=hi).contains(&c)) != *negated
+                    });
+                    let class = class_of(members);
+                    if class == "[]" {
+                        return None;
+                    }
+                    out.push_str(&class);
+                }
+            }
+        }
+        Some(out)
+    }
+
     fn is_literal(&self) -> bool {
         self.literal
     }
@@ -349,6 +406,19 @@ impl Glob {
         // Image hosts are ASCII (the reference grammar sees to it): match bytes, no allocation.
         label.is_ascii() && match_tokens(&self.tokens, label)
     }
+}
+
+/// `chars` as an RE2 character class, each listed (`-` escaped).
+fn class_of(chars: impl Iterator<Item = char>) -> String {
+    let mut out = String::from("[");
+    for c in chars {
+        if c == '-' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push(']');
+    out
 }
 
 /// A class member as Go's `getEsc` reads it: `-` and `]` must be escaped.

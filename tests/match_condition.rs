@@ -517,15 +517,17 @@ fn an_image_longer_than_any_reference_is_not_matched() {
     let long = format!("nginx:{}", "a".repeat(MAX_IMAGE_LEN));
     assert!(ImageRef::parse(&long).is_err());
     assert_eq!(eval(&expression, &pod_with("containers", &long)), Ok(false));
-    // The longest valid reference is still matched.
+    // The longest valid reference is still matched: its name is 255 characters once
+    // `index.docker.io/` is normalized to `docker.io/`.
     let longest = format!(
-        "{}:{}@sha512:{}",
-        "a".repeat(255 - "docker.io/library/".len()),
+        "index.docker.io/a/{}:{}@sha512:{}",
+        "a".repeat(255 - "docker.io/a/".len()),
         "t".repeat(128),
         "0".repeat(128)
     );
     assert!(ImageRef::parse(&longest).is_ok(), "{longest}");
-    assert_eq!(longest.len(), MAX_IMAGE_LEN - "docker.io/library/".len());
+    assert!(ImageRef::parse(&format!("index.docker.io/a/a{}", &longest[18..])).is_err());
+    assert_eq!(longest.len(), MAX_IMAGE_LEN);
     assert_eq!(
         eval(&expression, &pod_with("containers", &longest)),
         Ok(true)

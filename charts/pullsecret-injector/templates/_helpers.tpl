@@ -223,14 +223,14 @@ false
 {{- else -}}
 {{- $re := printf "^(?:%s)" (join "|" $alts) -}}
 {{- /* Cost, as ImageCondition sizes it: 900000 target, 1000 base, 53 per image character
-     budget (520 characters), a quarter per regex character, 20 per image. */ -}}
+     budget (526 characters), a quarter per regex character, 20 per image. */ -}}
 {{- $perImage := add (mul 53 (div (add (len $re) 3) 4)) 20 -}}
 {{- $maxImages := div (sub 900000 1000) $perImage -}}
 {{- $expr := printf "has(object.spec) && (%s > %d" "(has(object.spec.containers) ? size(object.spec.containers) : 0) + (has(object.spec.initContainers) ? size(object.spec.initContainers) : 0) + (has(object.spec.ephemeralContainers) ? size(object.spec.ephemeralContainers) : 0) + (has(object.spec.volumes) ? size(object.spec.volumes) : 0)" $maxImages -}}
 {{- range list "containers" "initContainers" "ephemeralContainers" -}}
-{{- $expr = printf "%s || has(object.spec.%s) && object.spec.%s.exists(c, has(c.image) && size(c.image) <= 520 && c.image.matches(r'%s'))" $expr . . $re -}}
+{{- $expr = printf "%s || has(object.spec.%s) && object.spec.%s.exists(c, has(c.image) && size(c.image) <= 526 && c.image.matches(r'%s'))" $expr . . $re -}}
 {{- end -}}
-{{- $expr = printf "%s || has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.image) && has(v.image.reference) && size(v.image.reference) <= 520 && v.image.reference.matches(r'%s')))" $expr $re -}}
+{{- $expr = printf "%s || has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.image) && has(v.image.reference) && size(v.image.reference) <= 526 && v.image.reference.matches(r'%s')))" $expr $re -}}
 {{- if gt (len $expr) 64000 }}true{{ else }}{{ $expr }}{{ end -}}
 {{- end -}}
 {{- end -}}
