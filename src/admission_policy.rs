@@ -16,7 +16,7 @@
 //!    against the reference grammar, or `''`;
 //! 4. `ruleSecrets`, `hits`: each rule's secret, and whether a name matches it ([`Rule::host_regex`] and the path
 //!    prefix on whole segments);
-//! 5. `wanted`, `add`: the secrets of the hit rules in config order, each once, less those the
+//! 5. `hitRules`, `wanted`, `add`: the secrets of the hit rules in config order, each once, less those the
 //!    Pod already names;
 //! 6. `recorded`, `injected`: the `pullsecret-injector.io/injected` annotation, extended.
 //!
@@ -67,9 +67,13 @@ const MAX_NAME_PARTS: usize = crate::image::NAME_TOTAL_LENGTH_MAX - 1;
 const COST_TARGET: u64 = PER_CALL_LIMIT / 10 * 9;
 /// Cost of a string operation over the longest image: `ceil((1 + 526) * 0.1)`.
 const STRING_COST: u64 = (1 + MAX_IMAGE_LEN as u64).div_ceil(10);
-/// Cost of one comprehension step besides the calls: variable and field access, `has()`,
-/// comparisons, the list append; generous.
+/// Cost of one comprehension step over an image besides the calls: variable and field
+/// access, `has()`, comparisons, the list append; generous.
 const STEP_COST: u64 = 50;
+/// Cost of one step over the rules besides the calls (the rules' order check: two list
+/// indexings, an integer and a string comparison, secret names being at most 253
+/// characters: 26).
+const ORDER_STEP_COST: u64 = 40;
 
 /// One entry of the policy's `variables` or `matchConditions`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -88,6 +92,7 @@ pub struct AdmissionPolicy {
     pub mutation: String,
     /// Pods with more images than this (containers of every kind and image volumes) are not
     /// examined and get no secret, so that no expression exceeds the API server's limit.
+    /// Zero when the config has too many rules to be a policy at all.
     pub max_images: u64,
     /// The most one expression can cost, by the model below, for any Pod.
     pub worst_case_cost: u64,
@@ -102,17 +107,22 @@ impl AdmissionPolicy {
             names_cost_per_image(),
             hits_cost_per_image(&rule_regexes),
         ];
-        // The rules' order check costs the same whatever the Pod.
-        let wanted_cost = (rules.len() as u64).pow(2) * STEP_COST;
-        let max_images = per_image
-            .iter()
-            .map(|cost| COST_TARGET.saturating_sub(wanted_cost) / cost)
-            .min()
-            .unwrap_or(0);
+        // Each expression has its own limit: the per-image ones bound the images, and the
+        // rules' order costs the same whatever the Pod.
+        let order_cost = order_cost(rules.len());
+        let max_images = if order_cost > COST_TARGET {
+            0
+        } else {
+            per_image
+                .iter()
+                .map(|cost| COST_TARGET / cost)
+                .min()
+                .unwrap_or(0)
+        };
         let worst_case_cost = per_image
             .iter()
             .map(|cost| cost * max_images)
-            .chain([wanted_cost])
+            .chain([order_cost])
             .max()
             .unwrap_or(0);
         Self {
@@ -269,12 +279,10 @@ fn variables(
         .collect::<Vec<_>>()
         .join(", ");
     // A secret takes the place of the first rule naming it that an image hit.
-    let wanted = if rules.is_empty() {
+    let hit_rules = if rules.is_empty() {
         "[]".to_owned()
     } else {
-        format!(
-            "[{indices}].filter(k, variables.hits[k] && ![{indices}].exists(j, j < k && variables.hits[j] && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.ruleSecrets[k])"
-        )
+        format!("[{indices}].filter(k, variables.hits[k])")
     };
     let annotations = "object.metadata.annotations";
     vec![
@@ -290,7 +298,11 @@ fn variables(
         variable("names", format!("variables.refs.map(r, {name})")),
         variable("ruleSecrets", format!("[{secrets}]")),
         variable("hits", format!("[{hits}]")),
-        variable("wanted", wanted),
+        variable("hitRules", hit_rules),
+        variable(
+            "wanted",
+            "variables.hitRules.filter(k, !variables.hitRules.exists(j, j < k && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.ruleSecrets[k])".to_owned(),
+        ),
         variable(
             "existing",
             "has(object.spec.imagePullSecrets) ? object.spec.imagePullSecrets.filter(e, has(e.name)).map(e, e.name) : []".to_owned(),
@@ -357,7 +369,14 @@ fn hits_cost_per_image(rule_regexes: &[Option<String>]) -> u64 {
     let rules: u64 = rule_regexes
         .iter()
         .flatten()
-        .map(|re| matches_cost(len, re.len()) + STEP_COST)
+        .map(|re| matches_cost(len, re.len()) + ORDER_STEP_COST)
         .sum();
     rules.max(1)
+}
+
+/// `hitRules` and `wanted` when every rule is hit: a step per rule, then each hit rule against
+/// every other.
+fn order_cost(rules: usize) -> u64 {
+    let rules = rules as u64;
+    rules * ORDER_STEP_COST + rules * rules * ORDER_STEP_COST
 }

@@ -309,8 +309,24 @@ async fn check_config(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             config.service_accounts().join(", ")
         )?;
     }
+    // Policy mode decides as the webhook up to a number of images set by the rules' cost.
+    let policy = AdmissionPolicy::new(&config);
+    if policy.max_images > 0 {
+        writeln!(
+            out,
+            "  policy mode (admission.mode: policy, Kubernetes 1.36+): decides as the webhook for Pods of up to {} containers and volumes; larger Pods get no secret",
+            policy.max_images
+        )?;
+    }
     for w in &warnings {
         writeln!(out, "warning: {w}")?;
+    }
+    if policy.max_images == 0 {
+        writeln!(
+            out,
+            "warning: {} rules are more than a MutatingAdmissionPolicy can check within the API server's cost limit: policy mode cannot be used, the webhook can",
+            config.rules().len()
+        )?;
     }
     let mut keyrings = Vec::new();
     for spec in &args.secret_file {
@@ -442,6 +458,13 @@ fn render_match_conditions(args: &MatchConditionsArgs) -> anyhow::Result<ExitCod
 fn render_admission_policy(args: &AdmissionPolicyArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     let policy = AdmissionPolicy::new(&config);
+    if policy.max_images == 0 {
+        bail!(
+            "{}: {} rules are more than a MutatingAdmissionPolicy can check within the API server's cost limit; use the webhook (admission.mode: webhook)",
+            args.config.display(),
+            config.rules().len()
+        );
+    }
     let [policy_doc, binding_doc] = policy.manifests(&args.namespace);
     let text = match args.output {
         ManifestOutput::Yaml => format!(

@@ -1,0 +1,615 @@
+//! Policy mode's MutatingAdmissionPolicy, evaluated as the API server evaluates it: its
+//! matchConditions, then its variables in order, then its JSONPatch mutation applied with
+//! RFC 6902, by a real CEL interpreter with cel-go's string extension. For every table the
+//! matcher is held to, the patched Pod must equal the one the webhook's own answer gives:
+//! the same `imagePullSecrets` in the same order, the same annotation, nothing else changed.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use cel::common::types::Type;
+use cel::common::value::{CowVal, Val};
+use cel::objects::Key;
+use cel::{Context, Env, ExecutionError, Program, StructType, Value as Cel};
+use proptest::prelude::*;
+use pullsecret_injector::admission;
+use pullsecret_injector::admission_policy::AdmissionPolicy;
+use pullsecret_injector::config::Config;
+use serde_json::{Value, json};
+
+fn config(rules: &[(&str, &str)]) -> Config {
+    let yaml = rules
+        .iter()
+        .map(|(m, s)| format!("  - match: {m:?}\n    secret: {s}\n"))
+        .collect::<String>();
+    Config::from_yaml(&format!("registries:\n{yaml}"))
+        .unwrap_or_else(|e| panic!("{rules:?}: {e}"))
+        .0
+}
+
+/// `Object.<path>{...}` and `JSONPatch{...}`: the API server makes JSON of them, so here
+/// they are maps. `fields`, when given, are the only ones allowed (JSONPatch's).
+struct JsonStruct {
+    r#type: Type,
+    fields: Option<&'static [&'static str]>,
+}
+
+impl JsonStruct {
+    fn new(name: &str, fields: Option<&'static [&'static str]>) -> Self {
+        Self {
+            r#type: Type::new_struct(name.to_owned()),
+            fields,
+        }
+    }
+}
+
+impl StructType for JsonStruct {
+    fn get_type(&self) -> &Type {
+        &self.r#type
+    }
+
+    fn new_value<'b, 'v>(
+        &self,
+        fields: BTreeMap<String, CowVal<'b, 'v>>,
+    ) -> Result<Box<dyn Val + 'v>, ExecutionError> {
+        let mut map = HashMap::new();
+        for (name, value) in fields {
+            if self
+                .fields
+                .is_some_and(|allowed| !allowed.contains(&name.as_str()))
+            {
+                return Err(ExecutionError::function_error(
+                    self.r#type.name(),
+                    format!("unexpected field {name}"),
+                ));
+            }
+            map.insert(name, Cel::try_from(value.as_ref())?);
+        }
+        Box::<dyn Val>::try_from(Cel::from(map))
+    }
+}
+
+fn to_json(value: &Cel) -> Result<Value, String> {
+    Ok(match value {
+        Cel::Null => Value::Null,
+        Cel::Bool(b) => json!(b),
+        Cel::Int(i) => json!(i),
+        Cel::UInt(u) => json!(u),
+        Cel::Float(f) => json!(f),
+        Cel::String(s) => json!(s.as_str()),
+        Cel::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Cel::Map(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, value) in map.map.iter() {
+                let Key::String(key) = key else {
+                    return Err(format!("a JSON key must be a string: {key:?}"));
+                };
+                out.insert(key.to_string(), to_json(value)?);
+            }
+            Value::Object(out)
+        }
+        other => return Err(format!("no JSON for {other:?}")),
+    })
+}
+
+/// The policy, compiled.
+struct Policy {
+    env: Arc<Env>,
+    conditions: Vec<(String, Program)>,
+    variables: Vec<(String, Program)>,
+    mutation: Program,
+    max_images: u64,
+}
+
+impl Policy {
+    fn new(config: &Config) -> Self {
+        let mut env = Env::stdlib();
+        env.add_extension(cel::extensions::strings)
+            .expect("strings extension");
+        env.add_type(JsonStruct::new(
+            "JSONPatch",
+            Some(&["op", "path", "from", "value"]),
+        ))
+        .expect("JSONPatch");
+        for name in [
+            "Object.spec.imagePullSecrets",
+            "Object.metadata.annotations",
+        ] {
+            env.add_type(JsonStruct::new(name, None)).expect(name);
+        }
+        let policy = AdmissionPolicy::new(config);
+        let compile = |name: &str, expression: &str| {
+            env.compile(expression)
+                .unwrap_or_else(|e| panic!("{name} does not compile: {e}\n{expression}"))
+        };
+        let conditions = policy
+            .match_conditions
+            .iter()
+            .map(|c| (c.name.to_owned(), compile(c.name, &c.expression)))
+            .collect();
+        let variables = policy
+            .variables
+            .iter()
+            .map(|v| (v.name.to_owned(), compile(v.name, &v.expression)))
+            .collect();
+        let mutation = compile("mutation", &policy.mutation);
+        Self {
+            env: Arc::new(env),
+            conditions,
+            variables,
+            mutation,
+            max_images: policy.max_images,
+        }
+    }
+
+    /// The Pod as the policy leaves it: every expression evaluated with `object` bound as the
+    /// API server binds it; any evaluation error is returned (the API server would then apply
+    /// `failurePolicy: Ignore`, which is a disagreement too).
+    fn admit(&self, pod: &Value) -> Result<Value, String> {
+        let object = cel::to_value(pod).map_err(|e| format!("object: {e}"))?;
+        let context_with = |variables: &HashMap<String, Cel>| {
+            let mut context = Context::with_env(self.env.clone());
+            context.add_variable_from_value("object", object.clone());
+            context.add_variable_from_value("variables", variables.clone());
+            context
+        };
+        let mut variables: HashMap<String, Cel> = HashMap::new();
+        for (name, condition) in &self.conditions {
+            match condition.execute(&context_with(&variables)) {
+                Ok(Cel::Bool(true)) => {}
+                Ok(Cel::Bool(false)) => return Ok(pod.clone()),
+                other => return Err(format!("matchCondition {name}: {other:?}")),
+            }
+        }
+        for (name, program) in &self.variables {
+            let value = program
+                .execute(&context_with(&variables))
+                .map_err(|e| format!("variable {name}: {e}"))?;
+            variables.insert(name.clone(), value);
+        }
+        let patch = self
+            .mutation
+            .execute(&context_with(&variables))
+            .map_err(|e| format!("mutation: {e}"))?;
+        let patch = to_json(&patch)?;
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch.clone()).map_err(|e| format!("{patch}: {e}"))?;
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch).map_err(|e| format!("applying {patch:?}: {e}"))?;
+        Ok(out)
+    }
+}
+
+/// The Pod as the webhook leaves it.
+fn webhook(config: &Config, pod: &Value) -> Value {
+    let review = common::review_of(pod.clone());
+    let decision = admission::review(config, &serde_json::to_vec(&review).expect("JSON"))
+        .expect("a valid review");
+    let answer: Value =
+        serde_json::from_slice(&decision.to_review_bytes().expect("answer")).expect("JSON");
+    common::apply_response(&review, &answer)
+}
+
+/// The two agree on `pod`; returns the patched Pod.
+#[track_caller]
+fn assert_same(config: &Config, policy: &Policy, pod: &Value) -> Value {
+    let expected = webhook(config, pod);
+    let got = policy
+        .admit(pod)
+        .unwrap_or_else(|e| panic!("the policy fails on {pod}: {e}"));
+    assert_eq!(got, expected, "policy and webhook differ on {pod}");
+    // Reinvocation (IfNeeded) on its own output changes nothing.
+    let again = policy.admit(&got).expect("reinvocation");
+    assert_eq!(again, got, "reinvocation changed {got}");
+    got
+}
+
+/// A Pod as the API server passes it to admission: metadata with a namespace, one container.
+fn pod_with(field: &str, image: &str) -> Value {
+    match field {
+        "volumes" => json!({
+            "metadata": { "name": "p", "namespace": "team" },
+            "spec": {
+                "containers": [{ "name": "app" }],
+                "volumes": [{ "name": "v", "image": { "reference": image } }],
+            }
+        }),
+        list => json!({
+            "metadata": { "name": "p", "namespace": "team" },
+            "spec": { list: [{ "name": "c", "image": image }] }
+        }),
+    }
+}
+
+const FIELDS: [&str; 4] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "volumes",
+];
+
+/// (rule, image, whether it matches): the kubelet keyring's cases and the match condition's
+/// table, each as a one-rule config, in every place an image can be.
+#[test]
+fn the_policy_decides_as_the_webhook_on_the_matcher_tables() {
+    let mut checked = 0;
+    for &(rule, image, expected) in common::KEYRING_CASES.iter().chain(common::MATCH_TABLE) {
+        let config = config(&[(rule, "s0")]);
+        let policy = Policy::new(&config);
+        for field in FIELDS {
+            let pod = assert_same(&config, &policy, &pod_with(field, image));
+            assert_eq!(
+                common::pull_secrets(&pod) == ["s0"],
+                expected,
+                "{rule:?} vs {image:?} in {field}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 300, "{checked}");
+}
+
+/// The distribution project's reference table: every valid reference, every invalid one
+/// (which must never be matched), under rules that would match each if it were valid.
+#[test]
+fn the_reference_grammar_is_the_webhooks() {
+    let rules = [
+        ("docker.io", "hub"),
+        ("*", "one-label"),
+        ("*.*", "two-labels"),
+        ("*.*.*", "three-labels"),
+        ("*:5000", "one-label-port"),
+        ("*.*:5000", "two-labels-port"),
+        ("[::1]:5000", "ipv6"),
+        ("localhost", "localhost"),
+    ];
+    let config = config(&rules);
+    let policy = Policy::new(&config);
+    let hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let long_name = format!("example.com/{}", "a".repeat(244));
+    let max_name = format!("example.com/{}", "a".repeat(243));
+    let long_tag = format!("nginx:{}", "a".repeat(129));
+    let max_tag = format!("nginx:{}", "a".repeat(128));
+    let hub_max = format!("index.docker.io/a/{}", "a".repeat(243));
+    let hub_over = format!("index.docker.io/a/{}", "a".repeat(244));
+    let extra: Vec<&str> = vec![
+        hex64,
+        &long_name,
+        &max_name,
+        &long_tag,
+        &max_tag,
+        &hub_max,
+        &hub_over,
+        "Foo/bar",
+        "FOO",
+        "[ABC]/x",
+        "[abc]/x",
+        "[abc]:5000/x",
+        "localhost/x",
+        "localhost",
+        "localhost:5000",
+        "nginx:1/x",
+        "docker.io/nginx",
+        "docker.io/library/nginx:1",
+        "index.docker.io/nginx",
+        "registry-1.docker.io/library/nginx",
+        "a.b/c",
+        "example.com:99999/x",
+        "example.com:05000/x",
+        "\u{e9}xample.com/x",
+        "example.com/x\n",
+        "example.com/x@sha256:abc@def",
+    ];
+    let mut checked = 0;
+    let invalid = common::references::invalid();
+    for image in common::references::VALID
+        .iter()
+        .map(|c| c.0)
+        .chain(invalid.iter().map(|(input, _)| input.as_str()))
+        .chain(extra)
+    {
+        for field in FIELDS {
+            assert_same(&config, &policy, &pod_with(field, image));
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "{checked}");
+}
+
+/// Several rules per secret in mixed order: a secret takes the place of the first rule naming
+/// it that an image hit, as the webhook orders them.
+#[test]
+fn secrets_come_in_config_order_each_once() {
+    let config = config(&[
+        ("ghcr.io/acme", "s2"),
+        ("quay.io", "s1"),
+        ("ghcr.io", "s2"),
+        ("*.io", "s3"),
+        ("docker.io", "s1"),
+    ]);
+    let policy = Policy::new(&config);
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["ghcr.io/acme/x"], &["s2", "s3"]),
+        (&["ghcr.io/other/x"], &["s2", "s3"]),
+        (&["quay.io/x/y"], &["s1", "s3"]),
+        (&["nginx"], &["s3", "s1"]),
+        (&["nginx", "ghcr.io/acme/x"], &["s2", "s3", "s1"]),
+        (&["quay.io/x", "ghcr.io/z"], &["s1", "s2", "s3"]),
+        (
+            &["ghcr.io/acme/x", "nginx", "quay.io/y"],
+            &["s2", "s1", "s3"],
+        ),
+        (&["registry.k8s.io/pause"], &[]),
+    ];
+    for (images, expected) in cases {
+        let containers: Vec<Value> = images
+            .iter()
+            .map(|i| json!({ "name": "c", "image": i }))
+            .collect();
+        let pod = json!({ "metadata": { "name": "p", "namespace": "team" }, "spec": { "containers": containers } });
+        let got = assert_same(&config, &policy, &pod);
+        assert_eq!(common::pull_secrets(&got), *expected, "{images:?}");
+    }
+}
+
+/// What the Pod already has: its own secrets and the ServiceAccount's first, no duplicates,
+/// the annotation extended, an absent or empty list, entries without a name; the opt-out and
+/// mirror-pod annotations.
+#[test]
+fn existing_secrets_annotations_and_opt_outs() {
+    let config = common::example_config();
+    let policy = Policy::new(&config);
+    let images = json!([
+        { "name": "a", "image": "asia-northeast1-docker.pkg.dev/p/r/i:1" },
+        { "name": "b", "image": "ghcr.io/acme/api" },
+        { "name": "c", "image": "nginx" },
+    ]);
+    let pods = [
+        json!({ "metadata": { "name": "p" }, "spec": { "containers": images } }),
+        json!({ "metadata": { "name": "p", "annotations": {} }, "spec": { "containers": images } }),
+        json!({ "metadata": { "name": "p", "annotations": { "team": "a" } }, "spec": { "containers": images, "imagePullSecrets": [] } }),
+        // The ServiceAccount plugin's secrets come first, and are not added again.
+        json!({ "metadata": { "name": "p" }, "spec": { "containers": images, "imagePullSecrets": [{ "name": "sa-secret" }, { "name": "ghcr-acme" }] } }),
+        json!({ "metadata": { "name": "p" }, "spec": { "containers": images, "imagePullSecrets": [{}, { "name": "" }, { "name": "gar-pull" }] } }),
+        // Everything present already: no patch at all.
+        json!({ "metadata": { "name": "p" }, "spec": { "containers": images, "imagePullSecrets": [{ "name": "dockerhub" }, { "name": "ghcr-acme" }, { "name": "gar-pull" }] } }),
+        // An earlier injection recorded: kept, extended, no name twice.
+        json!({ "metadata": { "name": "p", "annotations": { "pullsecret-injector.io/injected": "other,gar-pull,,x" } }, "spec": { "containers": images } }),
+        json!({ "metadata": { "name": "p", "annotations": { "pullsecret-injector.io/injected": "" } }, "spec": { "containers": images } }),
+        // Opted out, in any case and with spaces; a value that is not true does not opt out.
+        json!({ "metadata": { "name": "p", "annotations": { "pullsecret-injector.io/skip": "true" } }, "spec": { "containers": images } }),
+        json!({ "metadata": { "name": "p", "annotations": { "pullsecret-injector.io/skip": " TRUE\n" } }, "spec": { "containers": images } }),
+        json!({ "metadata": { "name": "p", "annotations": { "pullsecret-injector.io/skip": "yes" } }, "spec": { "containers": images } }),
+        json!({ "metadata": { "name": "p", "annotations": { "kubernetes.io/config.mirror": "abc" } }, "spec": { "containers": images } }),
+        // Images everywhere the kubelet pulls from, some missing or empty.
+        json!({ "metadata": { "name": "p" }, "spec": {
+            "initContainers": [{ "name": "i", "image": "localhost:5000/dev/init" }, { "name": "noimage" }],
+            "containers": [{ "name": "c", "image": "" }],
+            "ephemeralContainers": [{ "name": "e", "image": "ghcr.io/acme/debug" }],
+            "volumes": [{ "name": "cfg", "configMap": { "name": "x" } }, { "name": "v", "image": { "reference": "us-docker.pkg.dev/p/r/model" } }, { "name": "w", "image": {} }],
+        } }),
+        json!({ "metadata": { "name": "p" }, "spec": { "containers": [{ "name": "c", "image": "quay.io/x/y" }] } }),
+        json!({ "metadata": { "name": "p" }, "spec": {} }),
+    ];
+    let mut patched = 0;
+    for pod in &pods {
+        let got = assert_same(&config, &policy, pod);
+        patched += usize::from(got != *pod);
+    }
+    assert_eq!(patched, 9, "the tables above patch nine Pods");
+}
+
+/// Every recorded AdmissionReview of the shared fixtures, its Pod as the API server sent it.
+#[test]
+fn the_recorded_reviews_come_out_the_same() {
+    let config = common::example_config();
+    let policy = Policy::new(&config);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/admission");
+    let mut pods = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("entry").path();
+        let Ok(review) = serde_json::from_slice::<Value>(&std::fs::read(&path).expect("read"))
+        else {
+            continue;
+        };
+        let request = &review["request"];
+        if request["kind"]["kind"] != "Pod" || request["operation"] != "CREATE" {
+            continue;
+        }
+        assert_same(&config, &policy, &request["object"]);
+        pods += 1;
+    }
+    assert!(pods >= 3, "{pods} Pod CREATE fixtures in {}", dir.display());
+}
+
+/// Above its image bound the policy examines nothing (its documented difference); at the
+/// bound it still decides as the webhook.
+#[test]
+fn the_image_bound_is_where_the_policy_stops() {
+    let config = common::example_config();
+    let policy = Policy::new(&config);
+    assert!(policy.max_images >= 100, "{}", policy.max_images);
+    let pod = |n: u64| {
+        let mut containers: Vec<Value> = (0..n - 1)
+            .map(|i| json!({ "name": format!("c{i}"), "image": "registry.k8s.io/pause:3.9" }))
+            .collect();
+        containers.push(json!({ "name": "last", "image": "ghcr.io/acme/api" }));
+        json!({ "metadata": { "name": "p" }, "spec": { "containers": containers } })
+    };
+    let at = assert_same(&config, &policy, &pod(policy.max_images));
+    assert_eq!(common::pull_secrets(&at), ["ghcr-acme"]);
+    let over = pod(policy.max_images + 1);
+    assert_eq!(policy.admit(&over).expect("admit"), over);
+    assert_eq!(
+        common::pull_secrets(&webhook(&config, &over)),
+        ["ghcr-acme"]
+    );
+}
+
+/// The cost the policy is sized to, for configs from none to hundreds of rules: always under
+/// the limit, room for real Pods up to a hundred rules, and none at all (the webhook only)
+/// past what the rules' order check can afford.
+#[test]
+fn the_worst_case_cost_stays_under_the_limit() {
+    for (n, min_images) in [
+        (0, 150),
+        (1, 150),
+        (10, 150),
+        (20, 100),
+        (100, 20),
+        (400, 0),
+    ] {
+        let rules: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("r{i}.*.example.com/team{i}"), format!("s{}", i % 7)))
+            .collect();
+        let rules: Vec<(&str, &str)> = rules
+            .iter()
+            .map(|(m, s)| (m.as_str(), s.as_str()))
+            .collect();
+        let policy = AdmissionPolicy::new(&config(&rules));
+        assert!(
+            policy.worst_case_cost <= 900_000 || policy.max_images == 0,
+            "{n} rules: {}",
+            policy.worst_case_cost
+        );
+        assert!(
+            policy.max_images >= min_images,
+            "{n} rules: {} images",
+            policy.max_images
+        );
+        if min_images == 0 {
+            assert_eq!(policy.max_images, 0, "{n} rules");
+        }
+    }
+}
+
+// ---- generated rules and images ------------------------------------------------------------
+
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("docker.io".to_owned()),
+        Just("index.docker.io".to_owned()),
+        Just("ghcr.io".to_owned()),
+        Just("localhost".to_owned()),
+        Just("Foo".to_owned()),
+        Just("us-docker.pkg.dev".to_owned()),
+        Just("a.b.pkg.dev".to_owned()),
+        Just("127.0.0.1".to_owned()),
+        Just("[::1]".to_owned()),
+        Just("[ABC]".to_owned()),
+        "[a-z]{1,3}\\.[a-z]{2,3}",
+        "[a-z]{1,6}",
+    ]
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("library".to_owned()),
+            Just("acme".to_owned()),
+            Just("nginx".to_owned()),
+            "[a-z][a-z0-9]{0,3}",
+            "[a-z]{1,3}[._-][a-z]{1,3}",
+        ],
+        1..4,
+    )
+    .prop_map(|p| p.join("/"))
+}
+
+fn port() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some("5000".to_owned())),
+        Just(Some("443".to_owned()))
+    ]
+}
+
+fn image() -> impl Strategy<Value = String> {
+    let well_formed = (
+        prop::option::of((host(), port())),
+        path(),
+        prop::option::of("[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,5}"),
+        prop::option::of(Just(
+            "@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
+        )),
+    )
+        .prop_map(|(domain, path, tag, digest)| {
+            let mut s = match domain {
+                Some((h, Some(p))) => format!("{h}:{p}/{path}"),
+                Some((h, None)) => format!("{h}/{path}"),
+                None => path,
+            };
+            if let Some(tag) = tag {
+                s = format!("{s}:{tag}");
+            }
+            if let Some(digest) = digest {
+                s.push_str(digest);
+            }
+            s
+        });
+    prop_oneof![
+        4 => well_formed,
+        // Strings the API server accepts and the grammar may not.
+        1 => "[a-zA-Z0-9./:@_\\[\\]-]{0,30}",
+    ]
+}
+
+fn rule() -> impl Strategy<Value = String> {
+    let glob_host = prop_oneof![
+        host(),
+        Just("*".to_owned()),
+        Just("*.io".to_owned()),
+        Just("*.pkg.dev".to_owned()),
+        Just("d?cker.*".to_owned()),
+        Just("[a-h]*.io".to_owned()),
+        Just("[^a-f]*.*".to_owned()),
+        Just("[!-/]*.io".to_owned()),
+        Just("127.0.0.*".to_owned()),
+        Just("*:*:*".to_owned()),
+    ];
+    (glob_host, port(), prop::option::of(path()), any::<bool>()).prop_map(
+        |(h, port, path, https)| {
+            let mut s = if https { format!("https://{h}") } else { h };
+            if let Some(p) = port {
+                s = format!("{s}:{p}");
+            }
+            if let Some(p) = path {
+                s = format!("{s}/{p}");
+            }
+            s
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn generated_rules_and_images_agree(
+        rules in prop::collection::vec((rule(), 0..3usize), 1..5),
+        images in prop::collection::vec(image(), 1..5),
+        volume in prop::option::of(image()),
+        existing in prop::collection::vec(0..4usize, 0..3),
+    ) {
+        let rules: Vec<(String, String)> = rules.into_iter().map(|(m, s)| (m, format!("s{s}"))).collect();
+        let rules: Vec<(&str, &str)> = rules.iter().map(|(m, s)| (m.as_str(), s.as_str())).collect();
+        // A generated rule the config refuses (a glob the grammar rejects) proves nothing.
+        let yaml: String = rules.iter().map(|(m, s)| format!("  - match: {m:?}\n    secret: {s}\n")).collect();
+        prop_assume!(Config::from_yaml(&format!("registries:\n{yaml}")).is_ok());
+        let config = config(&rules);
+        let policy = Policy::new(&config);
+        let containers: Vec<Value> = images.iter().map(|i| json!({ "name": "c", "image": i })).collect();
+        let mut pod = json!({ "metadata": { "name": "p", "namespace": "team" }, "spec": { "containers": containers } });
+        if let Some(v) = volume {
+            pod["spec"]["volumes"] = json!([{ "name": "v", "image": { "reference": v } }]);
+        }
+        if !existing.is_empty() {
+            pod["spec"]["imagePullSecrets"] = existing.iter().map(|s| json!({ "name": format!("s{s}") })).collect();
+        }
+        let expected = webhook(&config, &pod);
+        let got = policy.admit(&pod).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(got, expected, "rules {:?}, pod {}", rules, pod);
+    }
+}
