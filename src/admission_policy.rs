@@ -8,8 +8,8 @@
 //! approximate the matcher; it restates it in CEL, in stages kept as the policy's
 //! `variables`:
 //!
-//! 1. `images`: every image string of the Pod (containers, init and ephemeral containers,
-//!    image volumes);
+//! 1. `imageCount`, `examined`, `images`: every image string of the Pod (containers, init and
+//!    ephemeral containers, image volumes), unless the Pod is past the bounds below;
 //! 2. `refs`: each split into registry and remainder as distribution's `splitDockerDomain`
 //!    does (`crate::image`);
 //! 3. `names`: each normalized name (`docker.io/library/nginx`) of a valid reference, checked
@@ -59,6 +59,10 @@ const PATH_COMPONENT: &str = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
 /// A tag (ASCII classes: RE2's `\w` is ASCII, other engines' is not) and the digests
 /// go-digest validates, each with the length of its hash.
 const TAG_AND_DIGEST: &str = "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?$";
+/// Pods with more `imagePullSecrets` entries, or a longer injected annotation, are not
+/// examined: the checks against them are sized for these.
+pub const MAX_PULL_SECRETS: u64 = 256;
+pub const MAX_RECORDED_LEN: u64 = 1024;
 /// Longest normalized name less the `/` between registry and path.
 const MAX_NAME_PARTS: usize = crate::image::NAME_TOTAL_LENGTH_MAX - 1;
 
@@ -91,8 +95,10 @@ pub struct AdmissionPolicy {
     /// The JSON Patch expression of the one mutation.
     pub mutation: String,
     /// Pods with more images than this (containers of every kind and image volumes) are not
-    /// examined and get no secret, so that no expression exceeds the API server's limit.
-    /// Zero when the config has too many rules to be a policy at all.
+    /// examined and get no secret, so that no expression exceeds the API server's limit (nor
+    /// are Pods with more than [`MAX_PULL_SECRETS`] pull secrets or an injected annotation
+    /// over [`MAX_RECORDED_LEN`] characters). Zero when the config has too many rules to be a
+    /// policy at all.
     pub max_images: u64,
     /// The most one expression can cost, by the model below, for any Pod.
     pub worst_case_cost: u64,
@@ -107,9 +113,9 @@ impl AdmissionPolicy {
             names_cost_per_image(),
             hits_cost_per_image(&rule_regexes),
         ];
-        // Each expression has its own limit: the per-image ones bound the images, and the
-        // rules' order costs the same whatever the Pod.
-        let order_cost = order_cost(rules.len());
+        // Each expression has its own limit: the per-image ones bound the images; the rules'
+        // order and the checks against present secrets cost the same whatever the images.
+        let order_cost = order_cost(rules.len()).max(present_cost(config.secrets().len()));
         let max_images = if order_cost > COST_TARGET {
             0
         } else {
@@ -291,9 +297,12 @@ fn variables(
             format!("has(object.spec) ? {count} : 0"),
         ),
         variable(
-            "images",
-            format!("!has(object.spec) || variables.imageCount > {max_images} ? [] : {images}"),
+            "examined",
+            format!(
+                "has(object.spec) && variables.imageCount <= {max_images} && (!has(object.spec.imagePullSecrets) || size(object.spec.imagePullSecrets) <= {MAX_PULL_SECRETS}) && (!has({annotations}) || !('{INJECTED_ANNOTATION}' in {annotations}) || size({annotations}['{INJECTED_ANNOTATION}']) <= {MAX_RECORDED_LEN})"
+            ),
         ),
+        variable("images", format!("!variables.examined ? [] : {images}")),
         variable("refs", format!("variables.images.map(i, {split})")),
         variable("names", format!("variables.refs.map(r, {name})")),
         variable("ruleSecrets", format!("[{secrets}]")),
@@ -379,4 +388,11 @@ fn hits_cost_per_image(rule_regexes: &[Option<String>]) -> u64 {
 fn order_cost(rules: usize) -> u64 {
     let rules = rules as u64;
     rules * ORDER_STEP_COST + rules * rules * ORDER_STEP_COST
+}
+
+/// `add` and `injected` at their bounds: each of `secrets` looked up among the Pod's pull
+/// secrets and among the recorded ones (a name compared at 26).
+fn present_cost(secrets: usize) -> u64 {
+    let per_secret = (MAX_PULL_SECRETS + MAX_RECORDED_LEN / 2 + 1) * (ORDER_STEP_COST - 14);
+    secrets as u64 * per_secret + MAX_RECORDED_LEN * ORDER_STEP_COST
 }

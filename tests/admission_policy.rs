@@ -15,7 +15,7 @@ use cel::objects::Key;
 use cel::{Context, Env, ExecutionError, Program, StructType, Value as Cel};
 use proptest::prelude::*;
 use pullsecret_injector::admission;
-use pullsecret_injector::admission_policy::AdmissionPolicy;
+use pullsecret_injector::admission_policy::{AdmissionPolicy, MAX_PULL_SECRETS, MAX_RECORDED_LEN};
 use pullsecret_injector::config::Config;
 use serde_json::{Value, json};
 
@@ -424,7 +424,7 @@ fn the_recorded_reviews_come_out_the_same() {
     assert!(pods >= 3, "{pods} Pod CREATE fixtures in {}", dir.display());
 }
 
-/// Above its image bound the policy examines nothing (its documented difference); at the
+/// Above its bounds (images, pull secrets, the injected annotation) the policy examines nothing (its documented difference); at the
 /// bound it still decides as the webhook.
 #[test]
 fn the_image_bound_is_where_the_policy_stops() {
@@ -446,6 +446,25 @@ fn the_image_bound_is_where_the_policy_stops() {
         common::pull_secrets(&webhook(&config, &over)),
         ["ghcr-acme"]
     );
+    // The pull secrets and the injected annotation have bounds of their own.
+    let mut secrets = pod(1);
+    let many: Vec<Value> = (0..MAX_PULL_SECRETS)
+        .map(|i| json!({ "name": format!("own{i}") }))
+        .collect();
+    secrets["spec"]["imagePullSecrets"] = json!(many);
+    assert_same(&config, &policy, &secrets);
+    secrets["spec"]["imagePullSecrets"]
+        .as_array_mut()
+        .expect("list")
+        .push(json!({ "name": "one-more" }));
+    assert_eq!(policy.admit(&secrets).expect("admit"), secrets);
+    let mut recorded = pod(1);
+    let long = "x".repeat(usize::try_from(MAX_RECORDED_LEN).expect("small"));
+    recorded["metadata"]["annotations"] = json!({ "pullsecret-injector.io/injected": long });
+    assert_same(&config, &policy, &recorded);
+    recorded["metadata"]["annotations"]["pullsecret-injector.io/injected"] =
+        json!(format!("{long}y"));
+    assert_eq!(policy.admit(&recorded).expect("admit"), recorded);
 }
 
 /// The cost the policy is sized to, for configs from none to hundreds of rules: always under
