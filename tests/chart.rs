@@ -645,6 +645,452 @@ fn image_match_condition_renders_as_the_binary_renders_it() {
     }
 }
 
+/// What `helm template` needs to render admission.mode=policy: a cluster that serves
+/// MutatingAdmissionPolicy v1.
+const POLICY_CAPABILITY: [&str; 4] = [
+    "--api-versions",
+    "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+    "--kube-version",
+    "1.36.0",
+];
+
+/// Rule sets whose policy the chart must render exactly as the binary does, besides
+/// [`CONDITION_RULE_SETS`]: the glob rewriting (classes, negation, ranges, escapes, `?`),
+/// forms that need a character outside a label's and are dropped, IPv6, paths, Docker Hub.
+const POLICY_RULE_SETS: &[&[&str]] = &[
+    &[
+        "[a-f]*.example.com",
+        "[^a-c]x?.example.com:8443/x.y",
+        "[^0-9]*.io",
+        "[A-Z][a-z0-9].corp",
+        r"\a\-b.io",
+        r"[\]-a]b.io",
+        r"[a\-z]x.io",
+        r"x[^a-z\-].io",
+        "[+-0]x.io",
+        "[!-,]x.io",
+        "?.??.???",
+        "*",
+        "*:5000",
+        "[a-f]:5000",
+    ],
+    // A form needing '_' or ':' in a DNS label, or a class left empty, is dropped; a rule with
+    // no form is `false`.
+    &[
+        "a[_]b.io",
+        r"[^A-Za-z0-9\-]x.io",
+        r"x\:y.io:5000",
+        "?:?:5000",
+        "[:]1:5000",
+        "x[^:]:443",
+        "ghcr.io",
+    ],
+    &[
+        "[::1]:5000",
+        "[fe80::*]:5000",
+        "[::1]",
+        "::1",
+        "[2001:db8::1]:443/team",
+        "127.0.0.*:5000",
+        "127.0.0.1:5000/dev",
+        "[0-9]*.[0-9]*.0.1",
+    ],
+    &[
+        "ghcr.io/acme",
+        "ghcr.io/acme/team.x",
+        "quay.io/a_b/c-d",
+        "localhost:5000/x",
+        "localhost",
+        "registry.example.com:443/a/b/c",
+    ],
+    &[
+        "docker.io",
+        "index.docker.io",
+        "docker.io/library",
+        "docker.io/library/nginx",
+        "docker.io/acme",
+        "https://index.docker.io/v1/",
+        "registry-1.docker.io",
+        "docker.io:443",
+        "d?cker.io",
+        "[d]ocker.io/acme",
+        "*.docker.io",
+    ],
+];
+
+/// `n` rules of every shape, for the cost bound: with hundreds the rules' order check alone
+/// exhausts the budget.
+fn many_policy_rules(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 6 {
+            0 => format!("r{i}.example.com"),
+            1 => format!("*.r{i}.example.com:{}", 1000 + i),
+            2 => format!("[a-f]{i}?.example.org/team{i}"),
+            3 => format!("[::{i:x}]:5000"),
+            4 => format!("[^a-m]x{i}.corp/p.q"),
+            _ => format!("docker.io/org{i}"),
+        })
+        .collect()
+}
+
+/// `rules` as chart values, each rule its own secret or (`shared`) three secrets over all the
+/// rules in mixed order.
+fn policy_values(rules: &[&str], shared: bool, extra: Value) -> Value {
+    let registries: Vec<Value> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let secret = if shared {
+                format!("s{}", (i * 7 + i / 4) % 3)
+            } else {
+                format!("s{i}")
+            };
+            serde_json::json!({ "match": m, "secret": secret })
+        })
+        .collect();
+    let mut doc = serde_json::json!({
+        "registries": registries,
+        "admission": { "mode": "policy" },
+    });
+    if let (Some(doc), Value::Object(extra)) = (doc.as_object_mut(), extra) {
+        doc.extend(extra);
+    }
+    doc
+}
+
+/// The chart rendered with `values` (and `args`), in a temporary values file.
+fn render_values(helm: &Path, values: &Value, args: &[&str]) -> Result<Vec<Value>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, serde_json::to_string(values).unwrap()).unwrap();
+    let mut all = vec!["-f", file.to_str().unwrap()];
+    all.extend(args);
+    template(helm, &all).map(|yaml| documents(&yaml))
+}
+
+/// `pullsecret-injector render admission-policy -o json` on the config the chart mounts: the
+/// policy and the binding.
+fn binary_policy(docs: &[Value]) -> (Value, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let text = find(docs, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args(["render", "admission-policy", "--config"])
+        .arg(&config)
+        .args(["--namespace", "pullsecret-injector", "-o", "json"])
+        .env_remove("PSI_OUTPUT")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "render admission-policy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"][0]["kind"], "MutatingAdmissionPolicy");
+    assert_eq!(list["items"][1]["kind"], "MutatingAdmissionPolicyBinding");
+    (list["items"][0].clone(), list["items"][1].clone())
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn admission_policy_renders_as_the_binary_renders_it() {
+    let helm = tool("helm");
+    let keyring: Vec<&str> = KEYRING_CASES.iter().map(|(rule, _, _)| *rule).collect();
+    let many = many_policy_rules(300);
+    let some = many_policy_rules(120);
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let some: Vec<&str> = some.iter().map(String::as_str).collect();
+    let sets = CONDITION_RULE_SETS
+        .iter()
+        .chain(POLICY_RULE_SETS)
+        .copied()
+        .chain([keyring.as_slice(), some.as_slice(), many.as_slice()]);
+    let mut bounds = Vec::new();
+    let mut hits = Vec::new();
+    for rules in sets {
+        for shared in [false, true] {
+            let docs = render_values(
+                &helm,
+                &policy_values(rules, shared, Value::Null),
+                &POLICY_CAPABILITY,
+            )
+            .unwrap_or_else(|e| panic!("{rules:?}: {e}"));
+            let config = config_of(&docs);
+            assert_eq!(config.rules().len(), rules.len());
+            let (expected, _) = binary_policy(&docs);
+            let policy = find(&docs, "MutatingAdmissionPolicy");
+            // The variables one by one first, for a readable failure.
+            let (chart_vars, binary_vars) = (
+                policy["spec"]["variables"].as_array().unwrap(),
+                expected["spec"]["variables"].as_array().unwrap(),
+            );
+            for (chart, binary) in chart_vars.iter().zip(binary_vars) {
+                assert_eq!(
+                    chart, binary,
+                    "rules {rules:?} (shared secrets: {shared}): the chart and the binary disagree"
+                );
+            }
+            assert_eq!(
+                policy["spec"], expected["spec"],
+                "rules {rules:?} (shared secrets: {shared}): the chart and the binary disagree"
+            );
+            let images = &binary_vars[1]["expression"];
+            bounds.push((rules.len(), images.as_str().unwrap().to_owned()));
+            hits.push(binary_vars[5]["expression"].as_str().unwrap().to_owned());
+        }
+    }
+    // The sets reach the glob rewriting's every outcome: dropped rules, a host as a DNS name
+    // or an IPv6 literal, negated classes listed in full.
+    for needle in [
+        "[false, ",
+        r"|\[[0-9A-Fa-f:]*\]):5000/",
+        "n.matches(r'^[ABCDEFGHIJKLMNOPQRSTUVWXYZdefghijklmnopqrstuvwxyz0123456789\\-]x",
+    ] {
+        assert!(hits.iter().any(|h| h.contains(needle)), "{needle}");
+    }
+    // The sets reach every side of the cost bound: the usual 190 images, fewer with a hundred
+    // rules, none with hundreds.
+    let bound = |n: usize| {
+        bounds
+            .iter()
+            .find(|(len, _)| *len == n)
+            .map(|(_, e)| e.clone())
+            .unwrap()
+    };
+    assert!(
+        bound(0).contains("variables.imageCount > 190 ?"),
+        "{}",
+        bound(0)
+    );
+    assert!(
+        bound(300).contains("variables.imageCount > 0 ?"),
+        "{}",
+        bound(300)
+    );
+    let hundred = bound(120);
+    assert!(
+        !hundred.contains("> 0 ?") && !hundred.contains("> 190 ?"),
+        "{hundred}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn admission_policy_binding_selects_the_webhooks_namespaces() {
+    let helm = tool("helm");
+    let rules = ["ghcr.io/acme", "docker.io"];
+    let docs = render_values(
+        &helm,
+        &policy_values(&rules, false, Value::Null),
+        &POLICY_CAPABILITY,
+    )
+    .unwrap();
+    let policy = find(&docs, "MutatingAdmissionPolicy");
+    let binding = find(&docs, "MutatingAdmissionPolicyBinding");
+    // Named like every other object of the release, and bound to the policy.
+    let fullname = find(&docs, "Deployment")["metadata"]["name"].clone();
+    assert_eq!(fullname, "psi-pullsecret-injector");
+    assert_eq!(policy["metadata"]["name"], fullname);
+    assert_eq!(binding["metadata"]["name"], fullname);
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    for object in [policy, binding] {
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "psi"
+        );
+        assert!(
+            object["metadata"].get("namespace").is_none(),
+            "cluster-scoped"
+        );
+    }
+    // What the binary binds for the release namespace.
+    let (_, expected) = binary_policy(&docs);
+    assert_eq!(binding["spec"], {
+        let mut spec = expected["spec"].clone();
+        spec["policyName"] = fullname.clone();
+        spec
+    });
+
+    // The webhook's namespaceSelector, webhook.excludeNamespaces included.
+    let exclude = serde_json::json!({ "webhook": { "excludeNamespaces": ["team-a", "team-b"] } });
+    let docs = render_values(
+        &helm,
+        &policy_values(&rules, false, exclude.clone()),
+        &POLICY_CAPABILITY,
+    )
+    .unwrap();
+    let selector = &find(&docs, "MutatingAdmissionPolicyBinding")["spec"]["matchResources"]["namespaceSelector"];
+    assert_eq!(
+        selector["matchExpressions"][1]["values"],
+        serde_json::json!(["kube-system", "pullsecret-injector", "team-a", "team-b"])
+    );
+    let mut webhook_values = policy_values(&rules, false, exclude);
+    webhook_values["admission"]["mode"] = "webhook".into();
+    let webhook_docs = render_values(&helm, &webhook_values, &POLICY_CAPABILITY).unwrap();
+    assert_eq!(
+        *selector,
+        find(&webhook_docs, "MutatingWebhookConfiguration")["webhooks"][0]["namespaceSelector"]
+    );
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn policy_mode_needs_a_cluster_that_serves_the_policy() {
+    let helm = tool("helm");
+    let message = "admission.mode=policy needs a cluster that serves admissionregistration.k8s.io/v1 MutatingAdmissionPolicy (Kubernetes 1.36+); use admission.mode=webhook";
+    let policy = ["--set", "admission.mode=policy"];
+    for cluster in [
+        &[][..],
+        // A 1.36 version alone is not the capability (helm's built-in list lacks the kind).
+        &["--kube-version", "1.36.0"],
+        // Beta is not v1.
+        &[
+            "--api-versions",
+            "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy",
+            "--kube-version",
+            "1.34.0",
+        ],
+    ] {
+        let args: Vec<&str> = policy.iter().chain(cluster).copied().collect();
+        let error = template(&helm, &args).expect_err("no policy without the kind");
+        assert!(error.contains(message), "{cluster:?}: {error}");
+    }
+    let args: Vec<&str> = policy.iter().chain(&POLICY_CAPABILITY).copied().collect();
+    assert!(template(&helm, &args).is_ok());
+    // Webhook mode does not ask.
+    assert!(template(&helm, &["--set", "admission.mode=webhook"]).is_ok());
+    let error = template(&helm, &["--set", "admission.mode=both"]).expect_err("not a mode");
+    assert!(error.contains("admission"), "{error}");
+    // A host label the binary refuses fails the render too.
+    let bad = policy_values(&["[a-]x.io"], false, Value::Null);
+    let error = render_values(&helm, &bad, &POLICY_CAPABILITY).expect_err("bad glob");
+    assert!(
+        error.contains(r#"host label "[a-]x" of "[a-]x.io" is not a valid pattern"#),
+        "{error}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
+fn webhook_mode_is_unchanged_and_policy_mode_swaps_only_the_admission_objects() {
+    let helm = tool("helm");
+    // certs.mode=secret: every render is the same, so whole renders compare.
+    let base = serde_json::json!({
+        "registries": [{ "match": "ghcr.io/acme", "secret": "s" }],
+        "pullSecrets": { "s": { "existingSecret": true } },
+        "certs": { "mode": "secret", "secret": { "name": "tls", "caBundle": "Y2E=" } },
+    });
+    let with_mode = |mode: &str| {
+        let mut values = base.clone();
+        values["admission"] = serde_json::json!({ "mode": mode });
+        values
+    };
+    let default = render_values(&helm, &base, &["--kube-version", "1.36.0"]).unwrap();
+    let kinds = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .map(|d| d["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(kinds(&default).contains(&"MutatingWebhookConfiguration".to_owned()));
+    for kind in ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] {
+        assert!(!kinds(&default).contains(&kind.to_owned()), "{kind}");
+    }
+    // The mode's default is webhook, and the cluster serving the policy changes nothing.
+    assert_eq!(
+        render_values(&helm, &with_mode("webhook"), &["--kube-version", "1.36.0"]).unwrap(),
+        default
+    );
+    assert_eq!(
+        render_values(&helm, &base, &POLICY_CAPABILITY).unwrap(),
+        default
+    );
+
+    // Policy mode: the policy and its binding instead of the webhook configuration; the
+    // Deployment (sync, refresher, checks, repair), its Service and the rest unchanged.
+    let policy = render_values(&helm, &with_mode("policy"), &POLICY_CAPABILITY).unwrap();
+    let without = |docs: &[Value], gone: &[&str]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| !gone.iter().any(|k| d["kind"] == *k))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        without(
+            &policy,
+            &["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+        ),
+        without(&default, &["MutatingWebhookConfiguration"])
+    );
+    assert_eq!(
+        kinds(&policy)
+            .iter()
+            .filter(|k| k.starts_with("MutatingAdmissionPolicy"))
+            .count(),
+        2
+    );
+    assert!(!kinds(&policy).contains(&"MutatingWebhookConfiguration".to_owned()));
+}
+
+#[test]
+#[cfg_attr(
+    not(all(has_helm, has_kubernetes_validate)),
+    ignore = "needs helm and kubernetes-validate on PATH"
+)]
+fn policy_mode_manifests_validate() {
+    let (helm, validate) = (tool("helm"), tool("kubernetes-validate"));
+    let rules: Vec<&str> = POLICY_RULE_SETS
+        .iter()
+        .flat_map(|set| set.iter().copied())
+        .collect();
+    let mut values = policy_values(&rules, true, Value::Null);
+    values["pullSecrets"] = serde_json::json!({
+        "s0": { "existingSecret": true },
+        "s1": { "existingSecret": true },
+        "s2": { "existingSecret": true },
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, serde_json::to_string(&values).unwrap()).unwrap();
+    let mut args = vec!["-f", file.to_str().unwrap()];
+    args.extend(POLICY_CAPABILITY);
+    let rendered = template(&helm, &args).unwrap();
+    let out = dir.path().join("rendered.yaml");
+    std::fs::write(&out, &rendered).unwrap();
+    let check = Command::new(&validate)
+        .args(["--strict", "--kubernetes-version", "1.36.0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{report}");
+    // kubernetes-validate passes a kind it has no schema for with a warning only: then only
+    // the policy's own check is skipped, with the reason.
+    if report.contains("Couldn't find schema for kind MutatingAdmissionPolicy") {
+        eprintln!(
+            "skipped: this kubernetes-validate has no 1.36 schema for MutatingAdmissionPolicy v1: {report}"
+        );
+        return;
+    }
+    for object in [
+        "mutatingadmissionpolicy/psi-pullsecret-injector",
+        "mutatingadmissionpolicybinding/psi-pullsecret-injector",
+    ] {
+        assert!(
+            report.contains(&format!("passed for resource {object} ")),
+            "{object}: {report}"
+        );
+    }
+}
+
 #[test]
 #[cfg_attr(not(has_helm), ignore = "needs helm on PATH")]
 fn pod_template_meets_restricted_pod_security() {

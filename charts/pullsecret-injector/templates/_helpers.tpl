@@ -160,14 +160,11 @@ true
 {{- end }}
 
 {{/*
-The image matchCondition's CEL expression, from .Values.registries. It mirrors
-src/match_condition.rs to the letter (`pullsecret-injector render match-conditions` prints
-the same), and tests/chart.rs holds the two together: change both or neither.
+One `registries` rule normalized as Rule::new does (scheme, trailing '/', /v1/ and /v2/, the
+port, IPv6 brackets, index.docker.io), as JSON: host, portPart (`:port` or empty), port, and
+path (regex-escaped). Shared by the image matchCondition and the admission policy.
 */}}
-{{- define "pullsecret-injector.imageMatchExpression" -}}
-{{- $alts := list -}}
-{{- range .Values.registries -}}
-{{- /* Normalize the rule as Rule::new does: scheme, trailing '/', /v1/ and /v2/, port. */ -}}
+{{- define "pullsecret-injector.normalizedRule" -}}
 {{- $m := trim (toString .match) -}}
 {{- if contains "://" $m }}{{ $m = (splitn "://" 2 $m)._1 }}{{ end -}}
 {{- $hostPort := $m -}}
@@ -185,6 +182,19 @@ the same), and tests/chart.rs holds the two together: change both or neither.
 {{- if and (hasPrefix "[" $host) (hasSuffix "]" $host) }}{{ $host = trimSuffix "]" (trimPrefix "[" $host) }}{{ end -}}
 {{- if eq $host "index.docker.io" }}{{ $host = "docker.io" }}{{ end -}}
 {{- $path = replace "." "\\." $path -}}
+{{- dict "host" $host "portPart" $portPart "port" $port "path" $path | toJson -}}
+{{- end -}}
+
+{{/*
+The image matchCondition's CEL expression, from .Values.registries. It mirrors
+src/match_condition.rs to the letter (`pullsecret-injector render match-conditions` prints
+the same), and tests/chart.rs holds the two together: change both or neither.
+*/}}
+{{- define "pullsecret-injector.imageMatchExpression" -}}
+{{- $alts := list -}}
+{{- range .Values.registries -}}
+{{- $r := include "pullsecret-injector.normalizedRule" . | fromJson -}}
+{{- $host := $r.host }}{{ $portPart := $r.portPart }}{{ $port := $r.port }}{{ $path := $r.path -}}
 {{- /* The alternatives, as rule_alternatives builds them. */ -}}
 {{- $labels := splitList "." $host -}}
 {{- $hubShaped := and (eq $portPart "") (eq (len $labels) 2) -}}
@@ -233,4 +243,190 @@ false
 {{- $expr = printf "%s || has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.image) && has(v.image.reference) && size(v.image.reference) <= 526 && v.image.reference.matches(r'%s')))" $expr $re -}}
 {{- if gt (len $expr) 64000 }}true{{ else }}{{ $expr }}{{ end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+admission.mode=policy: the MutatingAdmissionPolicy's expressions, from .Values.registries.
+They mirror src/admission_policy.rs to the letter (`pullsecret-injector render
+admission-policy` prints the same), and tests/chart.rs holds the two together: change both or
+neither.
+*/}}
+
+{{/*
+One host label, a Go `path.Match` glob as Rule::new reads it (`*`, `?`, `[...]` with `^`,
+ranges and `\` escapes), rewritten as Glob::to_regex does over the characters a label of a
+valid image can hold: a DNS label's, and an IPv6 literal's. Returns JSON {dns, v6}, each the
+RE2 pattern, or empty when the label needs a character outside those (no valid label is an
+empty pattern). A label that is not a valid glob fails the render, as the binary refuses it.
+Takes dict "label" and "match" (for the message).
+*/}}
+{{- define "pullsecret-injector.labelRegexes" -}}
+{{- $bad := dict -}}
+{{- $tokens := list -}}
+{{- /* States: n (between tokens), esc (after `\`), open (after `[`), lo (a class member or
+     its end), loEsc, afterLo (`-` makes a range, anything else ends the member), hi (the
+     range's end), hiEsc. */ -}}
+{{- $st := "n" }}{{ $neg := false }}{{ $ranges := list }}{{ $lo := "" -}}
+{{- range $c := splitList "" .label -}}
+{{- $done := false -}}
+{{- if eq $st "open" -}}
+{{- $st = "lo" -}}
+{{- if eq $c "^" }}{{ $neg = true }}{{ $done = true }}{{ end -}}
+{{- end -}}
+{{- if and (not $done) (eq $st "afterLo") -}}
+{{- if eq $c "-" }}{{ $st = "hi" }}{{ $done = true -}}
+{{- else }}{{ $ranges = append $ranges (list $lo $lo) }}{{ $st = "lo" }}{{ end -}}
+{{- end -}}
+{{- if $done -}}
+{{- else if eq $st "n" -}}
+{{- if eq $c "*" }}{{ $tokens = append $tokens (dict "t" "star") -}}
+{{- else if eq $c "?" }}{{ $tokens = append $tokens (dict "t" "any") -}}
+{{- else if eq $c "\\" }}{{ $st = "esc" -}}
+{{- else if eq $c "[" }}{{ $st = "open" }}{{ $neg = false }}{{ $ranges = list -}}
+{{- else if regexMatch "^[A-Za-z0-9:-]$" $c }}{{ $tokens = append $tokens (dict "t" "char" "c" $c) -}}
+{{- else }}{{ $_ := set $bad "reason" "hosts have only letters, digits, '-' and glob characters" }}{{ end -}}
+{{- else if eq $st "esc" -}}
+{{- $tokens = append $tokens (dict "t" "char" "c" $c) }}{{ $st = "n" -}}
+{{- else if eq $st "lo" -}}
+{{- if and (eq $c "]") $ranges }}{{ $tokens = append $tokens (dict "t" "class" "neg" $neg "ranges" $ranges) }}{{ $st = "n" -}}
+{{- else if or (eq $c "-") (eq $c "]") }}{{ $_ := set $bad "reason" "bad character class" -}}
+{{- else if eq $c "\\" }}{{ $st = "loEsc" -}}
+{{- else }}{{ $lo = $c }}{{ $st = "afterLo" }}{{ end -}}
+{{- else if eq $st "loEsc" -}}
+{{- $lo = $c }}{{ $st = "afterLo" -}}
+{{- else if and (eq $st "hi") (or (eq $c "-") (eq $c "]")) -}}
+{{- $_ := set $bad "reason" "bad range in character class" -}}
+{{- else if and (eq $st "hi") (eq $c "\\") -}}
+{{- $st = "hiEsc" -}}
+{{- else -}}
+{{- /* hi or hiEsc: the range is complete. */ -}}
+{{- if lt $c $lo }}{{ $_ := set $bad "reason" "range in character class is reversed" }}{{ end -}}
+{{- $ranges = append $ranges (list $lo $c) }}{{ $st = "lo" -}}
+{{- end -}}
+{{- if $bad.reason }}{{ fail (printf "registries: host label %q of %q is not a valid pattern: %s" $.label $.match $bad.reason) }}{{ end -}}
+{{- end -}}
+{{- $ends := dict "n" "" "esc" "ends with '\\'" "hi" "bad range in character class" "hiEsc" "bad range in character class" "loEsc" "bad character class" -}}
+{{- $end := hasKey $ends $st | ternary (get $ends $st) "'[' is not closed" -}}
+{{- if $end }}{{ fail (printf "registries: host label %q of %q is not a valid pattern: %s" .label .match $end) }}{{ end -}}
+{{- if not .label }}{{ fail (printf "registries: host of %q has an empty label" .match) }}{{ end -}}
+{{- /* Each character set, listed in full, and the class that stands for all of it. */ -}}
+{{- $sets := list (list "dns" "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-" "[A-Za-z0-9\\-]") (list "v6" "0123456789ABCDEFabcdef:" "[0-9A-Fa-f:]") -}}
+{{- $out := dict -}}
+{{- range $set := $sets -}}
+{{- $chars := index $set 1 }}{{ $all := index $set 2 -}}
+{{- $re := "" }}{{ $ok := true -}}
+{{- range $tok := $tokens -}}
+{{- if eq $tok.t "char" -}}
+{{- if contains $tok.c $chars }}{{ $re = printf "%s%s" $re $tok.c }}{{ else }}{{ $ok = false }}{{ end -}}
+{{- else if eq $tok.t "any" -}}
+{{- $re = printf "%s%s" $re $all -}}
+{{- else if eq $tok.t "star" -}}
+{{- $re = printf "%s%s*" $re $all -}}
+{{- else -}}
+{{- /* class_of: every character of the set the class admits, `-` escaped. */ -}}
+{{- $class := "" -}}
+{{- range $m := splitList "" $chars -}}
+{{- $in := false -}}
+{{- range $tok.ranges }}{{ if and (le (index . 0) $m) (le $m (index . 1)) }}{{ $in = true }}{{ end }}{{ end -}}
+{{- if ne $in $tok.neg }}{{ $class = printf "%s%s%s" $class (eq $m "-" | ternary "\\" "") $m }}{{ end -}}
+{{- end -}}
+{{- if $class }}{{ $re = printf "%s[%s]" $re $class }}{{ else }}{{ $ok = false }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $out (index $set 0) ($ok | ternary $re "") -}}
+{{- end -}}
+{{- $out | toJson -}}
+{{- end -}}
+
+{{/*
+The exact pattern of the normalized names (`registry/path`) a rule matches, as rule_regex and
+Rule::host_regex build it; empty when no valid image can match it.
+*/}}
+{{- define "pullsecret-injector.ruleRegex" -}}
+{{- $r := include "pullsecret-injector.normalizedRule" . | fromJson -}}
+{{- $labels := splitList "." $r.host -}}
+{{- $dns := list }}{{ $v6 := "" -}}
+{{- range $labels -}}
+{{- $l := include "pullsecret-injector.labelRegexes" (dict "label" . "match" (toString $.match)) | fromJson -}}
+{{- $dns = append $dns $l.dns -}}
+{{- /* An IPv6 host has no '.': it is one label. */ -}}
+{{- if and $l.v6 (eq (len $labels) 1) }}{{ $v6 = printf "\\[%s\\]" $l.v6 }}{{ end -}}
+{{- end -}}
+{{- $dnsRe := has "" $dns | ternary "" (join "\\." $dns) -}}
+{{- $host := $dnsRe | default $v6 -}}
+{{- if and $dnsRe $v6 }}{{ $host = printf "(?:%s|%s)" $dnsRe $v6 }}{{ end -}}
+{{- if $host -}}
+^{{ $host }}{{ if $r.portPart }}:{{ $r.port }}{{ end }}/{{ if $r.path }}{{ $r.path }}(?:/|$){{ end }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The policy's `variables`, as JSON [{name, expression}], sized as AdmissionPolicy::new sizes
+them: each expression's cost, by cel-go's runtime model, stays under 900000 (a tenth below the
+API server's per-expression limit) for any Pod with at most max_images images.
+*/}}
+{{- define "pullsecret-injector.policyVariables" -}}
+{{- $domainRe := `^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$` -}}
+{{- $component := "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*" -}}
+{{- $tagAndDigest := "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?$" -}}
+{{- $rules := .Values.registries | default list -}}
+{{- $regexes := list }}{{ $secrets := list -}}
+{{- range $rules -}}
+{{- $regexes = append $regexes (include "pullsecret-injector.ruleRegex" .) -}}
+{{- $secrets = append $secrets (printf "'%s'" .secret) -}}
+{{- end -}}
+{{- /* The cost model, in the integers Rust uses: matches on n characters with a pattern of
+     m costs ceil((1 + n) / 10) * ceil(m / 4); a string operation over the longest image (526
+     characters) 53; a comprehension step 50. refs: two small matches (patterns of 14 and 7)
+     and seven string operations, twice; names: the two grammar checks and four splits,
+     twice; hits: each rule's matches on a name of at most 255 characters; wanted: the rules'
+     order check, whatever the Pod. */ -}}
+{{- $refsCost := add (mul 53 (div (add 14 3) 4)) (mul 7 2 53) (mul 53 (div (add 7 3) 4)) 50 -}}
+{{- $remainderLen := add 2 (mul 2 (len $component)) 8 (len $tagAndDigest) -}}
+{{- $namesCost := add (mul 53 (div (add (len $domainRe) 3) 4)) (mul 53 (div (add $remainderLen 3) 4)) (mul 4 2 53) 50 -}}
+{{- $hitsCost := 0 -}}
+{{- range $regexes }}{{ if . }}{{ $hitsCost = add $hitsCost (mul 26 (div (add (len .) 3) 4)) 50 }}{{ end }}{{ end -}}
+{{- $hitsCost = max $hitsCost 1 -}}
+{{- $wantedCost := mul (len $rules) (len $rules) 50 -}}
+{{- $budget := max (sub 900000 $wantedCost) 0 -}}
+{{- $maxImages := min (div $budget $refsCost) (div $budget $namesCost) (div $budget $hitsCost) -}}
+{{- $vars := list -}}
+{{- $lists := list "initContainers" "containers" "ephemeralContainers" "volumes" -}}
+{{- $count := list }}{{ $images := list -}}
+{{- range $lists -}}
+{{- $count = append $count (printf "(has(object.spec.%s) ? size(object.spec.%s) : 0)" . .) -}}
+{{- if eq . "volumes" -}}
+{{- $images = append $images "(has(object.spec.volumes) ? object.spec.volumes.filter(v, has(v.image) && has(v.image.reference)).map(v, v.image.reference) : [])" -}}
+{{- else -}}
+{{- $images = append $images (printf "(has(object.spec.%s) ? object.spec.%s.map(c, has(c.image) ? c.image : '') : [])" . .) -}}
+{{- end -}}
+{{- end -}}
+{{- $vars = append $vars (dict "name" "imageCount" "expression" (printf "has(object.spec) ? %s : 0" (join " + " $count))) -}}
+{{- $vars = append $vars (dict "name" "images" "expression" (printf "!has(object.spec) || variables.imageCount > %d ? [] : %s" $maxImages (join " + " $images))) -}}
+{{- /* distribution's splitDockerDomain, on `i`: [registry, remainder]. */ -}}
+{{- $first := "i.split('/')[0]" -}}
+{{- $rest := printf "i.substring(size(%s) + 1)" $first -}}
+{{- $split := printf "size(i) > 526 || i.matches('^[a-f0-9]{64}$') ? ['', ''] : !i.contains('/') ? ['docker.io', 'library/' + i] : %s in ['docker.io', 'index.docker.io'] ? ['docker.io', %s.contains('/') ? %s : 'library/' + %s] : %s == 'localhost' || %s.matches('[.:A-Z]') ? [%s, %s] : ['docker.io', i]" $first $rest $rest $rest $first $first $first $rest -}}
+{{- $vars = append $vars (dict "name" "refs" "expression" (printf "variables.images.map(i, %s)" $split)) -}}
+{{- /* The remainder's path: before the tag or digest. Names are at most 255 characters. */ -}}
+{{- $path := "r[1].split('@')[0].split(':')[0]" -}}
+{{- $name := printf "r[0].matches(r'%s') && r[1].matches(r'^%s(?:/%s)*%s') && size(r[0]) + size(%s) <= 254 ? r[0] + '/' + %s : ''" $domainRe $component $component $tagAndDigest $path $path -}}
+{{- $vars = append $vars (dict "name" "names" "expression" (printf "variables.refs.map(r, %s)" $name)) -}}
+{{- $vars = append $vars (dict "name" "ruleSecrets" "expression" (printf "[%s]" (join ", " $secrets))) -}}
+{{- $hits := list -}}
+{{- range $regexes }}{{ $hits = append $hits (ternary (printf "variables.names.exists(n, n.matches(r'%s'))" .) "false" (ne . "")) }}{{ end -}}
+{{- $vars = append $vars (dict "name" "hits" "expression" (printf "[%s]" (join ", " $hits))) -}}
+{{- /* A secret takes the place of the first rule naming it that an image hit. */ -}}
+{{- $wanted := "[]" -}}
+{{- if $rules -}}
+{{- $indices := join ", " (until (len $rules)) -}}
+{{- $wanted = printf "[%s].filter(k, variables.hits[k] && ![%s].exists(j, j < k && variables.hits[j] && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.ruleSecrets[k])" $indices $indices -}}
+{{- end -}}
+{{- $vars = append $vars (dict "name" "wanted" "expression" $wanted) -}}
+{{- $vars = append $vars (dict "name" "existing" "expression" "has(object.spec.imagePullSecrets) ? object.spec.imagePullSecrets.filter(e, has(e.name)).map(e, e.name) : []") -}}
+{{- $vars = append $vars (dict "name" "add" "expression" "variables.wanted.filter(s, !(s in variables.existing))") -}}
+{{- $annotations := "object.metadata.annotations" }}{{ $key := "pullsecret-injector.io/injected" -}}
+{{- $vars = append $vars (dict "name" "recorded" "expression" (printf "has(%s) && '%s' in %s ? %s['%s'].split(',').filter(s, s != '') : []" $annotations $key $annotations $annotations $key)) -}}
+{{- $vars = append $vars (dict "name" "injected" "expression" "(variables.recorded + variables.add.filter(s, !(s in variables.recorded))).join(',')") -}}
+{{- $vars | toJson -}}
 {{- end -}}
