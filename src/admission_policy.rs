@@ -14,7 +14,7 @@
 //!    does (`crate::image`);
 //! 3. `names`: each normalized name (`docker.io/library/nginx`) of a valid reference, checked
 //!    against the reference grammar, or `''`;
-//! 4. `ruleSecrets`, `hits`: each rule's secret, and whether a name matches it ([`Rule::host_regex`] and the path
+//! 4. `secrets`, `ruleSecrets`, `hits`: the secrets, each rule's, and whether a name matches it ([`Rule::host_regex`] and the path
 //!    prefix on whole segments);
 //! 5. `hitRules`, `wanted`, `add`: the secrets of the hit rules in config order, each once, less those the
 //!    Pod already names;
@@ -61,8 +61,8 @@ const PATH_COMPONENT: &str = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
 const TAG_AND_DIGEST: &str = "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?$";
 /// Pods with more `imagePullSecrets` entries, or a longer injected annotation, are not
 /// examined: the checks against them are sized for these.
-pub const MAX_PULL_SECRETS: u64 = 256;
-pub const MAX_RECORDED_LEN: u64 = 1024;
+pub const MAX_PULL_SECRETS: u64 = 64;
+pub const MAX_RECORDED_LEN: u64 = 512;
 /// Longest normalized name less the `/` between registry and path.
 const MAX_NAME_PARTS: usize = crate::image::NAME_TOTAL_LENGTH_MAX - 1;
 
@@ -74,10 +74,11 @@ const STRING_COST: u64 = (1 + MAX_IMAGE_LEN as u64).div_ceil(10);
 /// Cost of one comprehension step over an image besides the calls: variable and field
 /// access, `has()`, comparisons, the list append; generous.
 const STEP_COST: u64 = 50;
-/// Cost of one step over the rules besides the calls (the rules' order check: two list
-/// indexings, an integer and a string comparison, secret names being at most 253
-/// characters: 26).
-const ORDER_STEP_COST: u64 = 40;
+/// Cost of one step over the rules besides the calls (the rules' order check: variable
+/// accesses, two list indexings, two integer comparisons); generous.
+const ORDER_STEP_COST: u64 = 16;
+/// Cost of comparing a secret name (at most 253 characters: 26) in a comprehension step.
+const NAME_STEP_COST: u64 = 30;
 
 /// One entry of the policy's `variables` or `matchConditions`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -142,7 +143,7 @@ impl AdmissionPolicy {
                     expression: skip_expression(),
                 },
             ],
-            variables: variables(rules, &rule_regexes, max_images),
+            variables: variables(rules, config.secrets(), &rule_regexes, max_images),
             mutation: mutation(),
             max_images,
             worst_case_cost,
@@ -229,6 +230,7 @@ fn variable(name: &'static str, expression: String) -> NamedExpression {
 
 fn variables(
     rules: &[Rule],
+    config_secrets: &[String],
     rule_regexes: &[Option<String>],
     max_images: u64,
 ) -> Vec<NamedExpression> {
@@ -265,7 +267,8 @@ fn variables(
     // The remainder's path: before the tag or digest.
     let path = "r[1].split('@')[0].split(':')[0]";
     let name = format!(
-        "r[0].matches(r'{DOMAIN_REGEX}') && r[1].matches(r'^{PATH_COMPONENT}(?:/{PATH_COMPONENT})*{TAG_AND_DIGEST}') && size(r[0]) + size({path}) <= {MAX_NAME_PARTS} ? r[0] + '/' + {path} : ''"
+        "r[0].matches(r'{DOMAIN_REGEX}') && r[1].matches(r'{}') && size(r[0]) + size({path}) <= {MAX_NAME_PARTS} ? r[0] + '/' + {path} : ''",
+        remainder_regex()
     );
     let hits = rule_regexes
         .iter()
@@ -279,9 +282,18 @@ fn variables(
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let secrets = rules
+    let secrets = config_secrets
         .iter()
-        .map(|r| format!("'{}'", r.secret()))
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Each rule's secret as its place in `secrets`: the order check compares integers.
+    let rule_secrets = rules
+        .iter()
+        .map(|r| {
+            let place = config_secrets.iter().position(|s| s == r.secret());
+            place.unwrap_or_default().to_string()
+        })
         .collect::<Vec<_>>()
         .join(", ");
     // A secret takes the place of the first rule naming it that an image hit.
@@ -305,12 +317,13 @@ fn variables(
         variable("images", format!("!variables.examined ? [] : {images}")),
         variable("refs", format!("variables.images.map(i, {split})")),
         variable("names", format!("variables.refs.map(r, {name})")),
-        variable("ruleSecrets", format!("[{secrets}]")),
+        variable("secrets", format!("[{secrets}]")),
+        variable("ruleSecrets", format!("[{rule_secrets}]")),
         variable("hits", format!("[{hits}]")),
         variable("hitRules", hit_rules),
         variable(
             "wanted",
-            "variables.hitRules.filter(k, !variables.hitRules.exists(j, j < k && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.ruleSecrets[k])".to_owned(),
+            "variables.hitRules.filter(k, !variables.hitRules.exists(j, j < k && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.secrets[variables.ruleSecrets[k]])".to_owned(),
         ),
         variable(
             "existing",
@@ -365,7 +378,7 @@ fn refs_cost_per_image() -> u64 {
 /// `names`, per image: the two grammar checks and four `split`s.
 fn names_cost_per_image() -> u64 {
     let len = MAX_IMAGE_LEN as u64;
-    let remainder_len = 2 + 2 * PATH_COMPONENT.len() + 8 + TAG_AND_DIGEST.len();
+    let remainder_len = remainder_regex().len();
     matches_cost(len, DOMAIN_REGEX.len())
         + matches_cost(len, remainder_len)
         + 4 * 2 * STRING_COST
@@ -393,6 +406,11 @@ fn order_cost(rules: usize) -> u64 {
 /// `add` and `injected` at their bounds: each of `secrets` looked up among the Pod's pull
 /// secrets and among the recorded ones (a name compared at 26).
 fn present_cost(secrets: usize) -> u64 {
-    let per_secret = (MAX_PULL_SECRETS + MAX_RECORDED_LEN / 2 + 1) * (ORDER_STEP_COST - 14);
-    secrets as u64 * per_secret + MAX_RECORDED_LEN * ORDER_STEP_COST
+    let per_secret = (MAX_PULL_SECRETS + MAX_RECORDED_LEN / 2 + 1) * NAME_STEP_COST;
+    secrets as u64 * per_secret + MAX_RECORDED_LEN * NAME_STEP_COST
+}
+
+/// A reference's remainder after its registry: the repository path, a tag, a digest.
+fn remainder_regex() -> String {
+    format!("^{PATH_COMPONENT}(?:/{PATH_COMPONENT})*{TAG_AND_DIGEST}")
 }

@@ -502,6 +502,18 @@ fn the_worst_case_cost_stays_under_the_limit() {
             assert_eq!(policy.max_images, 0, "{n} rules");
         }
     }
+    // Each secret is looked up among the Pod's: past 91 secrets that alone is too much.
+    for (n, cannot) in [(91, false), (92, true)] {
+        let rules: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("r{i}.example.com"), format!("s{i}")))
+            .collect();
+        let rules: Vec<(&str, &str)> = rules
+            .iter()
+            .map(|(m, s)| (m.as_str(), s.as_str()))
+            .collect();
+        let policy = AdmissionPolicy::new(&config(&rules));
+        assert_eq!(policy.max_images == 0, cannot, "{n} secrets");
+    }
 }
 
 // ---- generated rules and images ------------------------------------------------------------

@@ -770,7 +770,7 @@ fn render_values(helm: &Path, values: &Value, args: &[&str]) -> Result<Vec<Value
 
 /// `pullsecret-injector render admission-policy -o json` on the config the chart mounts: the
 /// policy and the binding.
-fn binary_policy(docs: &[Value]) -> (Value, Value) {
+fn binary_policy(docs: &[Value]) -> Result<(Value, Value), String> {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     let text = find(docs, "ConfigMap")["data"]["config.yaml"]
@@ -784,16 +784,46 @@ fn binary_policy(docs: &[Value]) -> (Value, Value) {
         .env_remove("PSI_OUTPUT")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "render admission-policy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"][0]["kind"], "MutatingAdmissionPolicy");
     assert_eq!(list["items"][1]["kind"], "MutatingAdmissionPolicyBinding");
-    (list["items"][0].clone(), list["items"][1].clone())
+    Ok((list["items"][0].clone(), list["items"][1].clone()))
+}
+
+/// Whether the binary refuses `values`' rules as a policy, with the message the chart gives.
+fn binary_policy_refuses(values: &Value) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let yaml: String = values["registries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("  - match: {}\n    secret: {}\n", r["match"], r["secret"]))
+        .collect();
+    std::fs::write(&config, format!("registries:\n{yaml}")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args(["render", "admission-policy", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    !out.status.success()
+        && String::from_utf8_lossy(&out.stderr)
+            .contains("more than a MutatingAdmissionPolicy can check")
+}
+
+/// The expression of the policy variable `name`.
+fn policy_variable<'a>(policy: &'a Value, name: &str) -> &'a str {
+    policy["spec"]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["expression"].as_str())
+        .unwrap_or_else(|| panic!("no variable {name}"))
 }
 
 #[test]
@@ -810,19 +840,31 @@ fn admission_policy_renders_as_the_binary_renders_it() {
         .chain(POLICY_RULE_SETS)
         .copied()
         .chain([keyring.as_slice(), some.as_slice(), many.as_slice()]);
-    let mut bounds = Vec::new();
+    // (rules, shared secrets, the image bound; None where the config cannot be a policy).
+    let mut bounds: Vec<(usize, bool, Option<String>)> = Vec::new();
     let mut hits = Vec::new();
     for rules in sets {
         for shared in [false, true] {
-            let docs = render_values(
-                &helm,
-                &policy_values(rules, shared, Value::Null),
-                &POLICY_CAPABILITY,
-            )
-            .unwrap_or_else(|e| panic!("{rules:?}: {e}"));
+            let values = policy_values(rules, shared, Value::Null);
+            let rendered = render_values(&helm, &values, &POLICY_CAPABILITY);
+            let docs = match rendered {
+                Ok(docs) => docs,
+                Err(e) => {
+                    // Too many rules or secrets: the chart refuses as the binary does.
+                    assert!(
+                        e.contains("more than a MutatingAdmissionPolicy can check"),
+                        "{rules:?}: {e}"
+                    );
+                    assert!(binary_policy_refuses(&values), "{rules:?}: {e}");
+                    bounds.push((rules.len(), shared, None));
+                    continue;
+                }
+            };
             let config = config_of(&docs);
             assert_eq!(config.rules().len(), rules.len());
-            let (expected, _) = binary_policy(&docs);
+            let (expected, _) = binary_policy(&docs).unwrap_or_else(|e| {
+                panic!("{rules:?} (shared secrets: {shared}): the chart renders what the binary refuses: {e}")
+            });
             let policy = find(&docs, "MutatingAdmissionPolicy");
             // The variables one by one first, for a readable failure.
             let (chart_vars, binary_vars) = (
@@ -839,9 +881,9 @@ fn admission_policy_renders_as_the_binary_renders_it() {
                 policy["spec"], expected["spec"],
                 "rules {rules:?} (shared secrets: {shared}): the chart and the binary disagree"
             );
-            let images = &binary_vars[1]["expression"];
-            bounds.push((rules.len(), images.as_str().unwrap().to_owned()));
-            hits.push(binary_vars[5]["expression"].as_str().unwrap().to_owned());
+            let examined = policy_variable(&expected, "examined").to_owned();
+            bounds.push((rules.len(), shared, Some(examined)));
+            hits.push(policy_variable(&expected, "hits").to_owned());
         }
     }
     // The sets reach the glob rewriting's every outcome: dropped rules, a host as a DNS name
@@ -853,28 +895,22 @@ fn admission_policy_renders_as_the_binary_renders_it() {
     ] {
         assert!(hits.iter().any(|h| h.contains(needle)), "{needle}");
     }
-    // The sets reach every side of the cost bound: the usual 190 images, fewer with a hundred
-    // rules, none with hundreds.
-    let bound = |n: usize| {
+    // The sets reach every side of the cost bound: the usual 193 images, fewer with a hundred
+    // rules, none (a refusal) with hundreds of rules or a hundred secrets.
+    let bound = |n: usize, shared: bool| {
         bounds
             .iter()
-            .find(|(len, _)| *len == n)
-            .map(|(_, e)| e.clone())
+            .find(|(len, s, _)| *len == n && *s == shared)
+            .map(|(_, _, e)| e.clone())
             .unwrap()
     };
+    let none = bound(0, false).unwrap();
+    assert!(none.contains("variables.imageCount <= 193 &&"), "{none}");
+    assert_eq!(bound(300, true), None);
+    assert_eq!(bound(120, false), None);
+    let hundred = bound(120, true).unwrap();
     assert!(
-        bound(0).contains("variables.imageCount > 190 ?"),
-        "{}",
-        bound(0)
-    );
-    assert!(
-        bound(300).contains("variables.imageCount > 0 ?"),
-        "{}",
-        bound(300)
-    );
-    let hundred = bound(120);
-    assert!(
-        !hundred.contains("> 0 ?") && !hundred.contains("> 190 ?"),
+        !hundred.contains("<= 0 &&") && !hundred.contains("<= 193 &&"),
         "{hundred}"
     );
 }
@@ -909,7 +945,7 @@ fn admission_policy_binding_selects_the_webhooks_namespaces() {
         );
     }
     // What the binary binds for the release namespace.
-    let (_, expected) = binary_policy(&docs);
+    let (_, expected) = binary_policy(&docs).unwrap();
     assert_eq!(binding["spec"], {
         let mut spec = expected["spec"].clone();
         spec["policyName"] = fullname.clone();

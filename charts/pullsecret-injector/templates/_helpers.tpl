@@ -370,26 +370,36 @@ API server's per-expression limit) for any Pod with at most max_images images.
 {{- $component := "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*" -}}
 {{- $tagAndDigest := "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?$" -}}
 {{- $rules := .Values.registries | default list -}}
-{{- $regexes := list }}{{ $secrets := list -}}
+{{- $regexes := list }}{{ $secrets := list }}{{ $ruleSecrets := list -}}
 {{- range $rules -}}
 {{- $regexes = append $regexes (include "pullsecret-injector.ruleRegex" .) -}}
-{{- $secrets = append $secrets (printf "'%s'" .secret) -}}
+{{- if not (has .secret $secrets) }}{{ $secrets = append $secrets .secret }}{{ end -}}
+{{- end -}}
+{{- /* Each rule's secret as its place in `secrets`: the order check compares integers. */ -}}
+{{- range $rules -}}
+{{- $rule := . -}}
+{{- range $i, $s := $secrets }}{{ if eq $s $rule.secret }}{{ $ruleSecrets = append $ruleSecrets (toString $i) }}{{ end }}{{ end -}}
 {{- end -}}
 {{- /* The cost model, in the integers Rust uses: matches on n characters with a pattern of
      m costs ceil((1 + n) / 10) * ceil(m / 4); a string operation over the longest image (526
-     characters) 53; a comprehension step 50. refs: two small matches (patterns of 14 and 7)
-     and seven string operations, twice; names: the two grammar checks and four splits,
-     twice; hits: each rule's matches on a name of at most 255 characters; wanted: the rules'
-     order check, whatever the Pod. */ -}}
+     characters) 53; a comprehension step over images 50, over rules 16, with a secret name
+     compared 30. refs: two small matches (patterns of 14 and 7) and seven string operations,
+     twice; names: the two grammar checks and four splits, twice; hits: each rule's matches
+     on a name of at most 255 characters. Whatever the images: the rules' order check, and
+     each secret looked up among 64 pull secrets and 257 recorded ones. */ -}}
 {{- $refsCost := add (mul 53 (div (add 14 3) 4)) (mul 7 2 53) (mul 53 (div (add 7 3) 4)) 50 -}}
-{{- $remainderLen := add 2 (mul 2 (len $component)) 8 (len $tagAndDigest) -}}
+{{- $remainder := printf "^%s(?:/%s)*%s" $component $component $tagAndDigest -}}
+{{- $remainderLen := len $remainder -}}
 {{- $namesCost := add (mul 53 (div (add (len $domainRe) 3) 4)) (mul 53 (div (add $remainderLen 3) 4)) (mul 4 2 53) 50 -}}
 {{- $hitsCost := 0 -}}
-{{- range $regexes }}{{ if . }}{{ $hitsCost = add $hitsCost (mul 26 (div (add (len .) 3) 4)) 50 }}{{ end }}{{ end -}}
+{{- range $regexes }}{{ if . }}{{ $hitsCost = add $hitsCost (mul 26 (div (add (len .) 3) 4)) 16 }}{{ end }}{{ end -}}
 {{- $hitsCost = max $hitsCost 1 -}}
-{{- $wantedCost := mul (len $rules) (len $rules) 50 -}}
-{{- $budget := max (sub 900000 $wantedCost) 0 -}}
-{{- $maxImages := min (div $budget $refsCost) (div $budget $namesCost) (div $budget $hitsCost) -}}
+{{- $orderCost := add (mul (len $rules) 16) (mul (len $rules) (len $rules) 16) -}}
+{{- $presentCost := add (mul (len $secrets) (add 64 256 1) 30) (mul 512 30) -}}
+{{- if gt (max $orderCost $presentCost) 900000 -}}
+{{- fail (printf "admission.mode=policy: %d rules and %d secrets are more than a MutatingAdmissionPolicy can check within the API server's cost limit; use admission.mode=webhook" (len $rules) (len $secrets)) -}}
+{{- end -}}
+{{- $maxImages := min (div 900000 $refsCost) (div 900000 $namesCost) (div 900000 $hitsCost) -}}
 {{- $vars := list -}}
 {{- $lists := list "initContainers" "containers" "ephemeralContainers" "volumes" -}}
 {{- $count := list }}{{ $images := list -}}
@@ -402,7 +412,9 @@ API server's per-expression limit) for any Pod with at most max_images images.
 {{- end -}}
 {{- end -}}
 {{- $vars = append $vars (dict "name" "imageCount" "expression" (printf "has(object.spec) ? %s : 0" (join " + " $count))) -}}
-{{- $vars = append $vars (dict "name" "images" "expression" (printf "!has(object.spec) || variables.imageCount > %d ? [] : %s" $maxImages (join " + " $images))) -}}
+{{- $annotations := "object.metadata.annotations" }}{{ $key := "pullsecret-injector.io/injected" -}}
+{{- $vars = append $vars (dict "name" "examined" "expression" (printf "has(object.spec) && variables.imageCount <= %d && (!has(object.spec.imagePullSecrets) || size(object.spec.imagePullSecrets) <= 64) && (!has(%s) || !('%s' in %s) || size(%s['%s']) <= 512)" $maxImages $annotations $key $annotations $annotations $key)) -}}
+{{- $vars = append $vars (dict "name" "images" "expression" (printf "!variables.examined ? [] : %s" (join " + " $images))) -}}
 {{- /* distribution's splitDockerDomain, on `i`: [registry, remainder]. */ -}}
 {{- $first := "i.split('/')[0]" -}}
 {{- $rest := printf "i.substring(size(%s) + 1)" $first -}}
@@ -410,22 +422,23 @@ API server's per-expression limit) for any Pod with at most max_images images.
 {{- $vars = append $vars (dict "name" "refs" "expression" (printf "variables.images.map(i, %s)" $split)) -}}
 {{- /* The remainder's path: before the tag or digest. Names are at most 255 characters. */ -}}
 {{- $path := "r[1].split('@')[0].split(':')[0]" -}}
-{{- $name := printf "r[0].matches(r'%s') && r[1].matches(r'^%s(?:/%s)*%s') && size(r[0]) + size(%s) <= 254 ? r[0] + '/' + %s : ''" $domainRe $component $component $tagAndDigest $path $path -}}
+{{- $name := printf "r[0].matches(r'%s') && r[1].matches(r'%s') && size(r[0]) + size(%s) <= 254 ? r[0] + '/' + %s : ''" $domainRe $remainder $path $path -}}
 {{- $vars = append $vars (dict "name" "names" "expression" (printf "variables.refs.map(r, %s)" $name)) -}}
-{{- $vars = append $vars (dict "name" "ruleSecrets" "expression" (printf "[%s]" (join ", " $secrets))) -}}
+{{- $quoted := list }}{{ range $secrets }}{{ $quoted = append $quoted (printf "'%s'" .) }}{{ end -}}
+{{- $vars = append $vars (dict "name" "secrets" "expression" (printf "[%s]" (join ", " $quoted))) -}}
+{{- $vars = append $vars (dict "name" "ruleSecrets" "expression" (printf "[%s]" (join ", " $ruleSecrets))) -}}
 {{- $hits := list -}}
 {{- range $regexes }}{{ $hits = append $hits (ternary (printf "variables.names.exists(n, n.matches(r'%s'))" .) "false" (ne . "")) }}{{ end -}}
 {{- $vars = append $vars (dict "name" "hits" "expression" (printf "[%s]" (join ", " $hits))) -}}
 {{- /* A secret takes the place of the first rule naming it that an image hit. */ -}}
-{{- $wanted := "[]" -}}
+{{- $hitRules := "[]" -}}
 {{- if $rules -}}
-{{- $indices := join ", " (until (len $rules)) -}}
-{{- $wanted = printf "[%s].filter(k, variables.hits[k] && ![%s].exists(j, j < k && variables.hits[j] && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.ruleSecrets[k])" $indices $indices -}}
+{{- $hitRules = printf "[%s].filter(k, variables.hits[k])" (join ", " (until (len $rules))) -}}
 {{- end -}}
-{{- $vars = append $vars (dict "name" "wanted" "expression" $wanted) -}}
+{{- $vars = append $vars (dict "name" "hitRules" "expression" $hitRules) -}}
+{{- $vars = append $vars (dict "name" "wanted" "expression" "variables.hitRules.filter(k, !variables.hitRules.exists(j, j < k && variables.ruleSecrets[j] == variables.ruleSecrets[k])).map(k, variables.secrets[variables.ruleSecrets[k]])") -}}
 {{- $vars = append $vars (dict "name" "existing" "expression" "has(object.spec.imagePullSecrets) ? object.spec.imagePullSecrets.filter(e, has(e.name)).map(e, e.name) : []") -}}
 {{- $vars = append $vars (dict "name" "add" "expression" "variables.wanted.filter(s, !(s in variables.existing))") -}}
-{{- $annotations := "object.metadata.annotations" }}{{ $key := "pullsecret-injector.io/injected" -}}
 {{- $vars = append $vars (dict "name" "recorded" "expression" (printf "has(%s) && '%s' in %s ? %s['%s'].split(',').filter(s, s != '') : []" $annotations $key $annotations $annotations $key)) -}}
 {{- $vars = append $vars (dict "name" "injected" "expression" "(variables.recorded + variables.add.filter(s, !(s in variables.recorded))).join(',')") -}}
 {{- $vars | toJson -}}
