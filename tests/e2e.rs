@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,10 @@ use futures::FutureExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -56,7 +59,11 @@ struct Run {
     ns_sa: String,
     /// The ServiceAccount case's: created with the label, its `default` made after.
     ns_sa_late: String,
+    /// The policy case's: opted in, and left out by the suite's webhook.
+    ns_policy: String,
     webhook_name: String,
+    /// The policy case's MutatingAdmissionPolicy and its binding.
+    policy_name: String,
     dir: tempfile::TempDir,
     host: String,
     port: u16,
@@ -66,7 +73,7 @@ struct Run {
 }
 
 impl Run {
-    fn namespaces(&self) -> [&str; 6] {
+    fn namespaces(&self) -> [&str; 7] {
         [
             &self.source_ns,
             &self.ns_a,
@@ -74,6 +81,7 @@ impl Run {
             &self.ns_c,
             &self.ns_sa,
             &self.ns_sa_late,
+            &self.ns_policy,
         ]
     }
 
@@ -216,6 +224,7 @@ impl Run {
         let _ = webhooks
             .delete(&self.webhook_name, &DeleteParams::default())
             .await;
+        delete_policy(&self.client, &self.policy_name).await;
         let now = DeleteParams {
             grace_period_seconds: Some(0),
             ..DeleteParams::default()
@@ -402,6 +411,11 @@ fn render_webhook(run: &Run, ca_bundle: &str, kube_version: &str) -> MutatingWeb
             "webhook.imageMatchCondition=true",
         ])
         .args(["--set-json", &format!("registries={registries}")])
+        // The policy case's namespace is opted in, and only the policy may act there.
+        .args([
+            "--set-json",
+            &format!("webhook.excludeNamespaces={}", json!([run.ns_policy])),
+        ])
         // matchConditions only where the cluster has them.
         .args(["--kube-version", kube_version])
         .output()
@@ -454,7 +468,9 @@ async fn setup() -> Run {
         ns_c: format!("psi-e2e-{id}-c"),
         ns_sa: format!("psi-e2e-{id}-sa"),
         ns_sa_late: format!("psi-e2e-{id}-sa-late"),
+        ns_policy: format!("psi-e2e-{id}-policy"),
         webhook_name: format!("psi-e2e-{id}-pullsecret-injector"),
+        policy_name: format!("psi-e2e-{id}-pullsecret-injector"),
         id,
         dir: tempfile::tempdir().unwrap(),
         host,
@@ -721,6 +737,9 @@ async fn cases(run: &mut Run) {
     repair_case(run).await;
     restart_case(run).await;
     failover_case(run).await;
+    // Before case 15: with `serviceAccounts` on, the sync would add our secrets to the
+    // policy case's ServiceAccounts while it reads them.
+    policy_case(run).await;
     service_accounts_case(run).await;
 }
 
@@ -1522,4 +1541,665 @@ async fn edit_service_account(
         sas.replace(name, &PostParams::default(), &sa).await.ok()
     })
     .await
+}
+
+/// The group version that serves MutatingAdmissionPolicy GA (Kubernetes 1.36+).
+const POLICY_GROUP_VERSION: &str = "admissionregistration.k8s.io/v1";
+/// The policy case's kinds, with their plurals.
+const POLICY_KINDS: [(&str, &str); 2] = [
+    ("MutatingAdmissionPolicy", "mutatingadmissionpolicies"),
+    (
+        "MutatingAdmissionPolicyBinding",
+        "mutatingadmissionpolicybindings",
+    ),
+];
+/// How long the API server gets to start applying a new policy.
+const POLICY_PICKUP: Duration = Duration::from_secs(30);
+/// Case 16's config: globs, ports, path prefixes (one with a `.`), Docker Hub, IP registries,
+/// and a secret two rules share.
+const POLICY_RULES: [(&str, &str); 10] = [
+    ("*.pkg.dev", "gar-pull"),
+    ("ghcr.io/acme", "ghcr-acme"),
+    ("docker.io/library/nginx", "nginx-pull"),
+    ("docker.io", "dockerhub"),
+    ("localhost:5000", "local-registry"),
+    ("127.0.0.1:5000", "loopback-registry"),
+    ("[::1]:5000", "ipv6-registry"),
+    ("r?.example.com", "example-pull"),
+    ("[a-c]ocker.io", "dockerhub"),
+    ("quay.io/team.a/app", "quay-team"),
+];
+/// Case 16's images, one Pod each: distribution's reference table (the valid ones of
+/// tests/image.rs, then invalid ones the API server still accepts: it checks only for
+/// surrounding whitespace), then the edges of each rule above.
+const POLICY_IMAGES: &[&str] = &[
+    "nginx",
+    "nginx:1.27",
+    "nginx:Latest",
+    "library/redis:7",
+    "docker.io/bitnami/kafka:3.7",
+    "docker.io/nginx",
+    "docker.io/library/alpine",
+    "index.docker.io/grafana/grafana:11.0.0",
+    "index.docker.io/nginx",
+    "index.docker.io/library/nginx",
+    "registry-1.docker.io/library/busybox:1.36",
+    "registry-1.docker.io/busybox",
+    "busybox@sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd",
+    "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1",
+    "asia-northeast1-docker.pkg.dev/acme-prod/app/web@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
+    "asia-northeast1-docker.pkg.dev/acme-prod/app/web:1@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
+    "us-docker.pkg.dev/other/x/y",
+    "gcr.io/distroless/static:nonroot",
+    "eu.gcr.io/acme/legacy:2",
+    "k8s.gcr.io/echoserver:1.4",
+    "ghcr.io/acme/api:1.2.3",
+    "ghcr.io/acme/jobs/nightly:2026.11",
+    "123456789012.dkr.ecr.ap-northeast-1.amazonaws.com/team/svc:9",
+    "public.ecr.aws/nginx/nginx:1",
+    "quay.io/jetstack/cert-manager-controller:v1.15.0",
+    "registry.k8s.io/pause:3.9",
+    "mcr.microsoft.com/dotnet/runtime:8.0",
+    "localhost:5000/dev/app:latest",
+    "localhost/dev/app",
+    "localhost:5000/x@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
+    "127.0.0.1:5000/x",
+    "10.0.0.1/team/app:2",
+    "[::1]:5000/ipv6/app:1",
+    "[2001:db8::1]/app",
+    "harbor.corp.example:8443/proj/img:v1",
+    "nexus.internal:18080/repo/app:1.0.0-rc.1-build.5",
+    "a.b.c.d.example.com/deep/path/to/image:tag",
+    "xn--bcher-kva.example/x",
+    "Example.COM/x/y:1",
+    "Foo/bar",
+    "Docker.io/library/nginx",
+    "foo:5000",
+    "localhost",
+    "localhost:5000",
+    "example.com",
+    "sha256:abc",
+    "foo/bar:5000",
+    "a/b/c/d/e/f",
+    "my_repo/app",
+    "my__repo/app",
+    "my--repo/app",
+    "my.repo/app",
+    "nginx:1.27@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
+    "nginx@sha512:00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "nginx:_under",
+    // Invalid references: never matched.
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    "ghcr.io/Acme/api:1",
+    "ghcr.io/Acme/x",
+    "FOO",
+    "docker.io/Library/nginx",
+    "index.docker.io/Library/nginx",
+    "nginx@sha256:abc",
+    "nginx@sha256:9D2D1E6C2A8D0B4C1E5B8F3A7C6D5E4F3A2B1C0D9E8F7A6B5C4D3E2F1A0B9C8D",
+    "nginx@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d00",
+    "nginx@md5:0123456789abcdef0123456789abcdef",
+    "nginx@",
+    "nginx:",
+    "nginx:-bad",
+    "nginx:a b",
+    "-repo/app",
+    "repo-/app",
+    "my___repo/app",
+    "example.com/",
+    "example.com//x",
+    "ghcr.io/acm\u{e9}/x",
+    "ghcr.io/acme/app:1:2",
+    "example.com:/x",
+    "example.com:abc/x",
+    ":5000/x",
+    "[zz::1]:5000/x",
+    "exa_mple.com/foo",
+    "-bad.example.com/x",
+    "a..b/x",
+    "localhost:5000/X",
+    // The edges of the rules.
+    "x.pkg.dev/a/b",
+    "pkg.dev/a",
+    "a.b.pkg.dev/x",
+    "asia-northeast1-docker.pkg.dev:443/acme-prod/app",
+    "ghcr.io/acme",
+    "ghcr.io/acme:1",
+    "ghcr.io/acme-corp/x",
+    "ghcr.io/acmecorp/x",
+    "ghcr.io/acme/x/y/z",
+    "ghcr.io/x/acme",
+    "GHCR.io/acme/x",
+    "quay.io/team.a/app",
+    "quay.io/team.a/app/sub:1",
+    "quay.io/team.a/application",
+    "quay.io/teamxa/app",
+    "quay.io/team.a",
+    "docker.io/library/nginx:1",
+    "library/nginx",
+    "index.docker.io/library/nginx:stable",
+    "docker.io/library/nginx-extra",
+    "docker.io/library/nginx/sub",
+    "docker.io/library/nginx.x",
+    "localhost:5000/x",
+    "localhost:5001/x",
+    "localhost/x",
+    "LOCALHOST:5000/x",
+    "127.0.0.1:5000/team/app:2",
+    "127.0.0.1/team/app",
+    "127.0.0.2:5000/x",
+    "[::1]:5000/x",
+    "[::1]/x",
+    "[::1]:5001/x",
+    "[0:0:0:0:0:0:0:1]:5000/x",
+    "r1.example.com/x",
+    "ra.example.com/x",
+    "r.example.com/x",
+    "r12.example.com/x",
+    "a.r1.example.com/x",
+    "r1.example.com:443/x",
+    "R1.example.com/x",
+    "r-.example.com/x",
+    "bocker.io/x",
+    "cocker.io/library/nginx",
+    "aocker.io/x:1",
+    "eocker.io/x",
+    "docker.io/x",
+];
+
+/// Case 16's Pods: one per image above and the longest names either side of the limit, then
+/// Pods for the other things that decide: every place an image can be (ephemeral containers
+/// cannot be created with the Pod, so containers, initContainers and image volumes), secrets
+/// the Pod or its ServiceAccount lists, the injected annotation already there, other
+/// annotations or none, the skip annotation, a mirror pod. Each with the secrets the webhook
+/// gives it where the table pins them, so that agreement on nothing cannot pass.
+fn policy_pods() -> Vec<(String, Value, Option<&'static [&'static str]>)> {
+    let c = |image: &str| json!([{ "name": "c", "image": image }]);
+    let long = |prefix: &str, n: usize| format!("{prefix}{}", "a".repeat(n));
+    let mut images: Vec<String> = POLICY_IMAGES.iter().map(|&i| i.to_owned()).collect();
+    images.extend([
+        // 255 characters of normalized name, then 256; written `index.docker.io/`, six more.
+        long("example.com/", 243),
+        long("example.com/", 244),
+        long("index.docker.io/acme/", 240),
+        long("index.docker.io/acme/", 241),
+        long("nginx:", 128),
+        long("nginx:", 129),
+    ]);
+    let mut pods: Vec<(String, Value, Option<&'static [&'static str]>)> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let name = format!("policy-image-{i}");
+            (name.clone(), pod(&name, c(image)), None)
+        })
+        .collect();
+
+    let quay = "quay.io/prometheus/busybox:latest";
+    let mut every_image = pod(
+        "policy-every-image",
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| json!({ "name": format!("c{i}"), "image": image }))
+            .collect(),
+    );
+    every_image["spec"]["initContainers"] = json!([{ "name": "i", "image": quay }]);
+    pods.push(("policy-every-image".to_owned(), every_image, None));
+
+    let mut all_holders = pod(
+        "policy-all-holders",
+        json!([{ "name": "c", "image": quay }, { "name": "d", "image": "nginx" }]),
+    );
+    all_holders["spec"]["initContainers"] =
+        json!([{ "name": "i", "image": "ghcr.io/acme/migrate:1" }]);
+    all_holders["spec"]["volumes"] =
+        json!([{ "name": "models", "image": { "reference": "localhost:5000/models/llm:1" } }]);
+    pods.push((
+        "policy-all-holders".to_owned(),
+        all_holders,
+        Some(&["ghcr-acme", "nginx-pull", "dockerhub", "local-registry"]),
+    ));
+
+    let mut volume_only = pod("policy-volume-only", c(quay));
+    volume_only["spec"]["volumes"] =
+        json!([{ "name": "data", "image": { "reference": "ghcr.io/acme/data:1" } }]);
+    pods.push((
+        "policy-volume-only".to_owned(),
+        volume_only,
+        Some(&["ghcr-acme"]),
+    ));
+
+    let mut volume_invalid = pod("policy-volume-invalid", c(quay));
+    volume_invalid["spec"]["volumes"] =
+        json!([{ "name": "data", "image": { "reference": "ghcr.io/Acme/data:1" } }]);
+    pods.push((
+        "policy-volume-invalid".to_owned(),
+        volume_invalid,
+        Some(&[]),
+    ));
+
+    let mut init_only = pod("policy-init-only", c(quay));
+    init_only["spec"]["initContainers"] =
+        json!([{ "name": "i", "image": "127.0.0.1:5000/tools:1" }]);
+    pods.push((
+        "policy-init-only".to_owned(),
+        init_only,
+        Some(&["loopback-registry"]),
+    ));
+
+    // Images in the reverse of config order; a secret two rules share, once.
+    pods.push((
+        "policy-config-order".to_owned(),
+        pod(
+            "policy-config-order",
+            json!([
+                { "name": "c", "image": "[::1]:5000/x" },
+                { "name": "d", "image": "bocker.io/x" },
+                { "name": "e", "image": "docker.io/x" },
+                { "name": "f", "image": "x.pkg.dev/a/b" },
+            ]),
+        ),
+        Some(&["gar-pull", "dockerhub", "ipv6-registry"]),
+    ));
+
+    let mut own = pod(
+        "policy-own-secrets",
+        json!([{ "name": "c", "image": "nginx" }, { "name": "d", "image": "ghcr.io/acme/api:1" }]),
+    );
+    own["spec"]["imagePullSecrets"] = json!([{ "name": "team-own" }, { "name": "dockerhub" }]);
+    pods.push((
+        "policy-own-secrets".to_owned(),
+        own,
+        Some(&["team-own", "dockerhub", "ghcr-acme", "nginx-pull"]),
+    ));
+
+    let mut own_all = pod("policy-own-all", c("ghcr.io/acme/api:1"));
+    own_all["spec"]["imagePullSecrets"] = json!([{ "name": "ghcr-acme" }]);
+    pods.push(("policy-own-all".to_owned(), own_all, Some(&["ghcr-acme"])));
+
+    for (name, recorded) in [
+        ("policy-recorded", "gar-pull"),
+        ("policy-recorded-same", "ghcr-acme"),
+        ("policy-recorded-odd", ",gar-pull,,"),
+        ("policy-recorded-empty", ""),
+    ] {
+        let mut p = pod(name, c("ghcr.io/acme/api:1"));
+        p["metadata"]["annotations"] = json!({ "pullsecret-injector.io/injected": recorded });
+        pods.push((name.to_owned(), p, Some(&["ghcr-acme"])));
+    }
+
+    let mut other = pod("policy-other-annotations", c("ghcr.io/acme/api:1"));
+    other["metadata"]["annotations"] = json!({ "team": "a" });
+    pods.push((
+        "policy-other-annotations".to_owned(),
+        other,
+        Some(&["ghcr-acme"]),
+    ));
+    let mut empty = pod("policy-empty-annotations", c("ghcr.io/acme/api:1"));
+    empty["metadata"]["annotations"] = json!({});
+    pods.push((
+        "policy-empty-annotations".to_owned(),
+        empty,
+        Some(&["ghcr-acme"]),
+    ));
+
+    for (name, value, want) in [
+        ("policy-skip", "true", &[][..]),
+        ("policy-skip-spaced", " TRUE ", &[]),
+        ("policy-skip-false", "false", &["ghcr-acme"]),
+        ("policy-skip-yes", "yes", &["ghcr-acme"]),
+    ] {
+        let mut p = pod(name, c("ghcr.io/acme/api:1"));
+        p["metadata"]["annotations"] = json!({ "pullsecret-injector.io/skip": value });
+        pods.push((name.to_owned(), p, Some(want)));
+    }
+
+    // The ServiceAccount plugin's Validate refuses a mirror pod that names a secret: a
+    // policy that added one would make this create fail.
+    let mut mirror = pod("policy-mirror", c("ghcr.io/acme/api:1"));
+    mirror["metadata"]["annotations"] = json!({ "kubernetes.io/config.mirror": "policy-mirror" });
+    pods.push(("policy-mirror".to_owned(), mirror, Some(&[])));
+
+    let mut via_sa = pod("policy-via-sa", c("ghcr.io/acme/api:1"));
+    via_sa["spec"]["serviceAccountName"] = json!("builder");
+    pods.push((
+        "policy-via-sa".to_owned(),
+        via_sa,
+        Some(&["sa-registry", "ghcr-acme"]),
+    ));
+    let mut via_sa_own = pod("policy-via-sa-own", c("ghcr.io/acme/api:1"));
+    via_sa_own["spec"]["serviceAccountName"] = json!("builder");
+    via_sa_own["spec"]["imagePullSecrets"] = json!([{ "name": "team-own" }]);
+    pods.push((
+        "policy-via-sa-own".to_owned(),
+        via_sa_own,
+        Some(&["team-own", "ghcr-acme"]),
+    ));
+    pods
+}
+
+/// The Pod as the policy and the webhook see it: the ServiceAccount admission plugin runs
+/// before both and gives a Pod that lists no imagePullSecrets those of its ServiceAccount
+/// (`default` when it names none); it leaves mirror pods alone.
+fn as_admitted(pod: &Value, service_accounts: &BTreeMap<String, Vec<String>>) -> Value {
+    let mut pod = pod.clone();
+    let mirror = pod
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some();
+    let listed = pod
+        .pointer("/spec/imagePullSecrets")
+        .and_then(Value::as_array)
+        .is_some_and(|l| !l.is_empty());
+    if mirror || listed {
+        return pod;
+    }
+    let account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let names = service_accounts
+        .get(account)
+        .unwrap_or_else(|| panic!("case 16: no ServiceAccount {account} was read"));
+    if !names.is_empty() {
+        pod["spec"]["imagePullSecrets"] = names.iter().map(|n| json!({ "name": n })).collect();
+    }
+    pod
+}
+
+/// `pullsecret-injector mutate --output pod` on `pod`: the webhook's decision, as the Pod it
+/// makes of it.
+fn mutate_pod(run: &Run, config: &Path, name: &str, pod: &Value) -> Pod {
+    let file = run.dir.path().join(format!("{name}.json"));
+    std::fs::write(&file, pod.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args(["mutate", "--output", "pod", "--config"])
+        .arg(config)
+        .arg(&file)
+        .output()
+        .expect("run mutate");
+    assert!(
+        out.status.success(),
+        "case 16 {name}: mutate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("case 16 {name}: the Pod mutate prints: {e}"))
+}
+
+fn policy_api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    )
+}
+
+/// Deletes the policy case's binding and policy; nothing to do where they were never made (or
+/// the API server does not serve them).
+async fn delete_policy(client: &Client, name: &str) {
+    for (kind, plural) in POLICY_KINDS.iter().rev() {
+        let _ = policy_api(client, kind, plural)
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Case 16, policy mode (Kubernetes 1.36+): the MutatingAdmissionPolicy and binding that
+/// `render admission-policy` prints make the API server inject by itself exactly as the webhook
+/// does: for every Pod of the table, the dry-run answer in an opted-in namespace where only the
+/// policy acts has the `imagePullSecrets` (in order) and the `injected` annotation that
+/// `mutate --output pod` gives the same Pod.
+///
+/// Only the policy acts there: the suite's webhook is rendered with the namespace in
+/// `webhook.excludeNamespaces` from the start (so its other cases keep the webhook exactly as
+/// they test it, and nothing is re-registered mid-run), which the case reads back, and a Pod
+/// dry-run before the policy exists gets nothing. The binding keeps the selector it is rendered
+/// with (`--namespace` the run's source namespace) and adds one term, the names of this
+/// namespace and of `ns_b` (not opted in): it must not act on any other namespace of the
+/// cluster, and `ns_b` shows that the rendered opt-in term holds. Policy and binding are named
+/// after the run and deleted at the end, also on failure (`Run::cleanup`).
+async fn policy_case(run: &Run) {
+    let ns = run.ns_policy.clone();
+    let served = match run
+        .client
+        .list_api_group_resources(POLICY_GROUP_VERSION)
+        .await
+    {
+        Ok(list) => list
+            .resources
+            .iter()
+            .any(|r| r.name == "mutatingadmissionpolicies"),
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(e) => panic!("case 16: discovery of {POLICY_GROUP_VERSION}: {e}"),
+    };
+    if !served {
+        eprintln!(
+            "case 16 skipped: the API server does not serve {POLICY_GROUP_VERSION} MutatingAdmissionPolicy (1.36+)"
+        );
+        return;
+    }
+
+    let webhook = Api::<MutatingWebhookConfiguration>::all(run.client.clone())
+        .get(&run.webhook_name)
+        .await
+        .unwrap();
+    let excluded = webhook.webhooks.iter().flatten().all(|w| {
+        w.namespace_selector
+            .as_ref()
+            .and_then(|s| s.match_expressions.as_ref())
+            .is_some_and(|expressions| {
+                expressions.iter().any(|e| {
+                    e.key == "kubernetes.io/metadata.name"
+                        && e.operator == "NotIn"
+                        && e.values.iter().flatten().any(|v| *v == ns)
+                })
+            })
+    });
+    assert!(
+        excluded,
+        "case 16: the suite's webhook must leave {ns} alone"
+    );
+
+    create_namespace(run, &ns, true).await;
+    create_default_service_account(run, &ns).await;
+    let builder: ServiceAccount = serde_json::from_value(json!({
+        "metadata": { "name": "builder" },
+        "imagePullSecrets": [{ "name": "sa-registry" }],
+    }))
+    .unwrap();
+    run.service_accounts(&ns)
+        .create(&PostParams::default(), &builder)
+        .await
+        .expect("case 16: create ServiceAccount builder");
+    // What the ServiceAccount plugin copies, as the API server has it.
+    let mut service_accounts = BTreeMap::new();
+    for name in ["default", "builder"] {
+        let sa = run.service_accounts(&ns).get(name).await.unwrap();
+        service_accounts.insert(name.to_owned(), sa_pull_secrets(&sa));
+    }
+
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let probe: Pod = serde_json::from_value(pod(
+        "policy-probe",
+        json!([{ "name": "c", "image": "ghcr.io/acme/api:1" }]),
+    ))
+    .unwrap();
+    let before = run
+        .pods(&ns)
+        .create(&dry, &probe)
+        .await
+        .expect("case 16: the probe, before the policy");
+    assert!(
+        pull_secrets(&before).is_empty() && injected(&before).is_none(),
+        "case 16: something other than the policy injects in {ns}"
+    );
+
+    let config = run.dir.path().join("policy-config.yaml");
+    let rules: String = POLICY_RULES
+        .iter()
+        .map(|(m, secret)| format!("  - match: \"{m}\"\n    secret: {secret}\n"))
+        .collect();
+    std::fs::write(&config, format!("registries:\n{rules}")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
+        .args(["render", "admission-policy", "--output", "json", "--config"])
+        .arg(&config)
+        .args(["--namespace", &run.source_ns])
+        .output()
+        .expect("run render admission-policy");
+    assert!(
+        out.status.success(),
+        "case 16: render admission-policy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).expect("case 16: a JSON List");
+    let [mut policy, mut binding] = [0, 1].map(|i| list["items"][i].clone());
+    assert_eq!(policy["kind"], "MutatingAdmissionPolicy", "case 16");
+    assert_eq!(binding["kind"], "MutatingAdmissionPolicyBinding", "case 16");
+    policy["metadata"]["name"] = json!(run.policy_name);
+    binding["metadata"]["name"] = json!(run.policy_name);
+    binding["spec"]["policyName"] = json!(run.policy_name);
+    binding
+        .pointer_mut("/spec/matchResources/namespaceSelector/matchExpressions")
+        .and_then(Value::as_array_mut)
+        .expect("case 16: the binding's namespaceSelector")
+        .push(json!({
+            "key": "kubernetes.io/metadata.name",
+            "operator": "In",
+            "values": [ns, run.ns_b],
+        }));
+    for (object, (kind, plural)) in [policy, binding].into_iter().zip(POLICY_KINDS) {
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
+        policy_api(&run.client, kind, plural)
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("case 16: create the {kind}: {e}"));
+    }
+
+    // The API server picks new policies up asynchronously.
+    let deadline = Instant::now() + POLICY_PICKUP;
+    loop {
+        let answer = run.pods(&ns).create(&dry, &probe).await;
+        let last = match &answer {
+            Ok(p) if pull_secrets(p) == ["ghcr-acme"] => break,
+            Ok(p) => format!("imagePullSecrets {:?}", pull_secrets(p)),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "case 16: the API server did not apply the policy within {POLICY_PICKUP:?} (the probe's answer: {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The table: the policy's answer against the webhook's, exactly.
+    let mut disagreements = Vec::new();
+    for (name, manifest, want) in policy_pods() {
+        let object: Pod = serde_json::from_value(manifest.clone())
+            .unwrap_or_else(|e| panic!("case 16 {name}: not a Pod: {e}"));
+        let answer = run
+            .pods(&ns)
+            .create(&dry, &object)
+            .await
+            .unwrap_or_else(|e| panic!("case 16 {name}: dry-run create: {e}\n{manifest}"));
+        let webhook = mutate_pod(
+            run,
+            &config,
+            &name,
+            &as_admitted(&manifest, &service_accounts),
+        );
+        let by_policy = (pull_secrets(&answer), injected(&answer));
+        let by_webhook = (pull_secrets(&webhook), injected(&webhook));
+        if by_policy != by_webhook {
+            disagreements.push(format!(
+                "{name}: policy {by_policy:?}, webhook {by_webhook:?}, for {}",
+                manifest["spec"]
+            ));
+        }
+        if let Some(want) = want {
+            assert_eq!(
+                by_webhook.0, want,
+                "case 16 {name}: the table pins what the webhook gives"
+            );
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "case 16: the policy and the webhook disagree on {} Pod(s):\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
+
+    // The binding's opt-in term: a namespace it names but that is not opted in gets nothing.
+    let outside = run
+        .pods(&run.ns_b)
+        .create(&dry, &probe)
+        .await
+        .expect("case 16: the probe in a namespace not opted in");
+    assert!(
+        pull_secrets(&outside).is_empty(),
+        "case 16: the policy acted in {}, which is not opted in",
+        run.ns_b
+    );
+
+    // A real create, stored with the secret, and the webhook never called for this namespace:
+    // the server's log has a review for a Pod of the webhook's namespace created after it, and
+    // none for this namespace (the dry runs above included).
+    let real = run
+        .create_pod(
+            &ns,
+            pod(
+                "policy-real",
+                json!([{ "name": "c", "image": "ghcr.io/acme/api:1" }]),
+            ),
+        )
+        .await;
+    let stored = run.pods(&ns).get("policy-real").await.unwrap();
+    for pod in [&real, &stored] {
+        assert_eq!(pull_secrets(pod), ["ghcr-acme"], "case 16: a real Pod");
+        assert_eq!(
+            injected(pod).as_deref(),
+            Some("ghcr-acme"),
+            "case 16: a real Pod"
+        );
+    }
+    let control = run
+        .create_pod(
+            &run.ns_a,
+            pod(
+                "policy-control",
+                json!([{ "name": "c", "image": GAR_IMAGE }]),
+            ),
+        )
+        .await;
+    assert_eq!(
+        pull_secrets(&control),
+        ["gar-pull"],
+        "case 16: the webhook still acts in {}",
+        run.ns_a
+    );
+    let log = run.server_log();
+    let reviews: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("\"message\":\"review\""))
+        .collect();
+    assert!(
+        reviews
+            .iter()
+            .any(|line| line.contains("\"pod\":\"policy-control\"")),
+        "case 16: the review of the control Pod is logged"
+    );
+    let here: Vec<&&str> = reviews
+        .iter()
+        .filter(|line| line.contains(&format!("\"namespace\":\"{ns}\"")))
+        .collect();
+    assert!(
+        here.is_empty(),
+        "case 16: the webhook was called for {ns}: {here:?}"
+    );
+
+    delete_policy(&run.client, &run.policy_name).await;
 }
