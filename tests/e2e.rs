@@ -2044,6 +2044,14 @@ async fn policy_case(run: &Run) {
         .map(|(m, secret)| format!("  - match: \"{m}\"\n    secret: {secret}\n"))
         .collect();
     std::fs::write(&config, format!("registries:\n{rules}")).unwrap();
+    // The largest Pod of the table (every image, six long names, an init container) is within
+    // the policy's image bound, where the two must agree.
+    let (loaded, _) = pullsecret_injector::config::Config::load(&config).expect("case 16 config");
+    let bound = pullsecret_injector::admission_policy::AdmissionPolicy::new(&loaded).max_images;
+    assert!(
+        POLICY_IMAGES.len() as u64 + 7 <= bound,
+        "case 16: the table outgrew the policy's bound of {bound} images"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
         .args(["render", "admission-policy", "--output", "json", "--config"])
         .arg(&config)
