@@ -33,6 +33,15 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
+    // A Python module rather than a command: cel-cpp's bindings, for a second CEL interpreter.
+    println!("cargo::rustc-check-cfg=cfg(has_cel_cpp)");
+    let has_cel_cpp = std::process::Command::new("python3")
+        .args(["-c", "import cel_expr_python"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if ci || has_cel_cpp {
+        println!("cargo::rustc-cfg=has_cel_cpp");
+    }
     println!("cargo::rustc-check-cfg=cfg(has_cluster)");
     if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
         println!("cargo::rustc-cfg=has_cluster");

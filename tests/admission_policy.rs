@@ -14,6 +14,7 @@ use cel::common::value::{CowVal, Val};
 use cel::objects::Key;
 use cel::{Context, Env, ExecutionError, Program, StructType, Value as Cel};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use pullsecret_injector::admission;
 use pullsecret_injector::admission_policy::{AdmissionPolicy, MAX_PULL_SECRETS, MAX_RECORDED_LEN};
 use pullsecret_injector::config::Config;
@@ -253,35 +254,31 @@ fn the_policy_decides_as_the_webhook_on_the_matcher_tables() {
 
 /// The distribution project's reference table: every valid reference, every invalid one
 /// (which must never be matched), under rules that would match each if it were valid.
-#[test]
-fn the_reference_grammar_is_the_webhooks() {
-    let rules = [
-        ("docker.io", "hub"),
-        ("*", "one-label"),
-        ("*.*", "two-labels"),
-        ("*.*.*", "three-labels"),
-        ("*:5000", "one-label-port"),
-        ("*.*:5000", "two-labels-port"),
-        ("[::1]:5000", "ipv6"),
-        ("localhost", "localhost"),
+/// Rules that would match every reference below if it were valid.
+const GRAMMAR_RULES: [(&str, &str); 8] = [
+    ("docker.io", "hub"),
+    ("*", "one-label"),
+    ("*.*", "two-labels"),
+    ("*.*.*", "three-labels"),
+    ("*:5000", "one-label-port"),
+    ("*.*:5000", "two-labels-port"),
+    ("[::1]:5000", "ipv6"),
+    ("localhost", "localhost"),
+];
+
+/// The distribution project's reference table, valid and invalid, and the edges of the
+/// grammar: lengths either side of each limit, domains by every test, odd strings.
+fn grammar_images() -> Vec<String> {
+    let extra = [
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_owned(),
+        format!("example.com/{}", "a".repeat(244)),
+        format!("example.com/{}", "a".repeat(243)),
+        format!("nginx:{}", "a".repeat(129)),
+        format!("nginx:{}", "a".repeat(128)),
+        format!("index.docker.io/a/{}", "a".repeat(243)),
+        format!("index.docker.io/a/{}", "a".repeat(244)),
     ];
-    let config = config(&rules);
-    let policy = Policy::new(&config);
-    let hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let long_name = format!("example.com/{}", "a".repeat(244));
-    let max_name = format!("example.com/{}", "a".repeat(243));
-    let long_tag = format!("nginx:{}", "a".repeat(129));
-    let max_tag = format!("nginx:{}", "a".repeat(128));
-    let hub_max = format!("index.docker.io/a/{}", "a".repeat(243));
-    let hub_over = format!("index.docker.io/a/{}", "a".repeat(244));
-    let extra: Vec<&str> = vec![
-        hex64,
-        &long_name,
-        &max_name,
-        &long_tag,
-        &max_tag,
-        &hub_max,
-        &hub_over,
+    let odd = [
         "Foo/bar",
         "FOO",
         "[ABC]/x",
@@ -302,16 +299,27 @@ fn the_reference_grammar_is_the_webhooks() {
         "example.com/x\n",
         "example.com/x@sha256:abc@def",
     ];
-    let mut checked = 0;
-    let invalid = common::references::invalid();
-    for image in common::references::VALID
+    common::references::VALID
         .iter()
-        .map(|c| c.0)
-        .chain(invalid.iter().map(|(input, _)| input.as_str()))
+        .map(|c| c.0.to_owned())
+        .chain(
+            common::references::invalid()
+                .into_iter()
+                .map(|(input, _)| input),
+        )
         .chain(extra)
-    {
+        .chain(odd.map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_reference_grammar_is_the_webhooks() {
+    let config = config(&GRAMMAR_RULES);
+    let policy = Policy::new(&config);
+    let mut checked = 0;
+    for image in grammar_images() {
         for field in FIELDS {
-            assert_same(&config, &policy, &pod_with(field, image));
+            assert_same(&config, &policy, &pod_with(field, &image));
             checked += 1;
         }
     }
@@ -361,12 +369,24 @@ fn secrets_come_in_config_order_each_once() {
 fn existing_secrets_annotations_and_opt_outs() {
     let config = common::example_config();
     let policy = Policy::new(&config);
+    let mut patched = 0;
+    for pod in &history_pods() {
+        let got = assert_same(&config, &policy, pod);
+        patched += usize::from(got != *pod);
+    }
+    assert_eq!(patched, 9, "the tables above patch nine Pods");
+}
+
+/// Pods with a history, under the example config: their own secrets and the ServiceAccount's,
+/// the annotation recorded, annotations absent or empty, opt-outs, mirror pods, images in
+/// every place and none.
+fn history_pods() -> Vec<Value> {
     let images = json!([
         { "name": "a", "image": "asia-northeast1-docker.pkg.dev/p/r/i:1" },
         { "name": "b", "image": "ghcr.io/acme/api" },
         { "name": "c", "image": "nginx" },
     ]);
-    let pods = [
+    vec![
         json!({ "metadata": { "name": "p" }, "spec": { "containers": images } }),
         json!({ "metadata": { "name": "p", "annotations": {} }, "spec": { "containers": images } }),
         json!({ "metadata": { "name": "p", "annotations": { "team": "a" } }, "spec": { "containers": images, "imagePullSecrets": [] } }),
@@ -392,13 +412,7 @@ fn existing_secrets_annotations_and_opt_outs() {
         } }),
         json!({ "metadata": { "name": "p" }, "spec": { "containers": [{ "name": "c", "image": "quay.io/x/y" }] } }),
         json!({ "metadata": { "name": "p" }, "spec": {} }),
-    ];
-    let mut patched = 0;
-    for pod in &pods {
-        let got = assert_same(&config, &policy, pod);
-        patched += usize::from(got != *pod);
-    }
-    assert_eq!(patched, 9, "the tables above patch nine Pods");
+    ]
 }
 
 /// Every recorded AdmissionReview of the shared fixtures, its Pod as the API server sent it.
@@ -406,8 +420,17 @@ fn existing_secrets_annotations_and_opt_outs() {
 fn the_recorded_reviews_come_out_the_same() {
     let config = common::example_config();
     let policy = Policy::new(&config);
+    let pods = recorded_pods();
+    for pod in &pods {
+        assert_same(&config, &policy, pod);
+    }
+    assert!(pods.len() >= 3, "{} Pod CREATE fixtures", pods.len());
+}
+
+/// The Pods of the shared fixtures' Pod CREATE reviews, as the API server sent them.
+fn recorded_pods() -> Vec<Value> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/admission");
-    let mut pods = 0;
+    let mut pods = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("entry").path();
         let Ok(review) = serde_json::from_slice::<Value>(&std::fs::read(&path).expect("read"))
@@ -415,13 +438,11 @@ fn the_recorded_reviews_come_out_the_same() {
             continue;
         };
         let request = &review["request"];
-        if request["kind"]["kind"] != "Pod" || request["operation"] != "CREATE" {
-            continue;
+        if request["kind"]["kind"] == "Pod" && request["operation"] == "CREATE" {
+            pods.push(request["object"].clone());
         }
-        assert_same(&config, &policy, &request["object"]);
-        pods += 1;
     }
-    assert!(pods >= 3, "{pods} Pod CREATE fixtures in {}", dir.display());
+    pods
 }
 
 /// Above its bounds (images, pull secrets, the injected annotation) the policy examines nothing (its documented difference); at the
@@ -614,33 +635,146 @@ fn rule() -> impl Strategy<Value = String> {
     )
 }
 
+/// A generated config (each rule with one of three secrets) and Pod: containers, maybe an
+/// image volume, maybe pull secrets of its own.
+fn generated() -> impl Strategy<Value = (Vec<(String, String)>, Value)> {
+    (
+        prop::collection::vec((rule(), 0..3usize), 1..5),
+        prop::collection::vec(image(), 1..5),
+        prop::option::of(image()),
+        prop::collection::vec(0..4usize, 0..3),
+    )
+        .prop_map(|(rules, images, volume, existing)| {
+            let rules = rules
+                .into_iter()
+                .map(|(m, s)| (m, format!("s{s}")))
+                .collect();
+            let containers: Vec<Value> = images
+                .iter()
+                .map(|i| json!({ "name": "c", "image": i }))
+                .collect();
+            let mut pod = json!({ "metadata": { "name": "p", "namespace": "team" }, "spec": { "containers": containers } });
+            if let Some(v) = volume {
+                pod["spec"]["volumes"] = json!([{ "name": "v", "image": { "reference": v } }]);
+            }
+            if !existing.is_empty() {
+                pod["spec"]["imagePullSecrets"] = existing
+                    .iter()
+                    .map(|s| json!({ "name": format!("s{s}") }))
+                    .collect();
+            }
+            (rules, pod)
+        })
+}
+
+/// The config of generated rules, unless it refuses one (a glob the grammar rejects).
+fn generated_config(rules: &[(String, String)]) -> Option<Config> {
+    let yaml: String = rules
+        .iter()
+        .map(|(m, s)| format!("  - match: {m:?}\n    secret: {s}\n"))
+        .collect();
+    Config::from_yaml(&format!("registries:\n{yaml}"))
+        .ok()
+        .map(|(config, _)| config)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn generated_rules_and_images_agree(
-        rules in prop::collection::vec((rule(), 0..3usize), 1..5),
-        images in prop::collection::vec(image(), 1..5),
-        volume in prop::option::of(image()),
-        existing in prop::collection::vec(0..4usize, 0..3),
-    ) {
-        let rules: Vec<(String, String)> = rules.into_iter().map(|(m, s)| (m, format!("s{s}"))).collect();
-        let rules: Vec<(&str, &str)> = rules.iter().map(|(m, s)| (m.as_str(), s.as_str())).collect();
-        // A generated rule the config refuses (a glob the grammar rejects) proves nothing.
-        let yaml: String = rules.iter().map(|(m, s)| format!("  - match: {m:?}\n    secret: {s}\n")).collect();
-        prop_assume!(Config::from_yaml(&format!("registries:\n{yaml}")).is_ok());
-        let config = config(&rules);
+    fn generated_rules_and_images_agree((rules, pod) in generated()) {
+        let config = generated_config(&rules);
+        prop_assume!(config.is_some());
+        let config = config.expect("assumed");
         let policy = Policy::new(&config);
-        let containers: Vec<Value> = images.iter().map(|i| json!({ "name": "c", "image": i })).collect();
-        let mut pod = json!({ "metadata": { "name": "p", "namespace": "team" }, "spec": { "containers": containers } });
-        if let Some(v) = volume {
-            pod["spec"]["volumes"] = json!([{ "name": "v", "image": { "reference": v } }]);
-        }
-        if !existing.is_empty() {
-            pod["spec"]["imagePullSecrets"] = existing.iter().map(|s| json!({ "name": format!("s{s}") })).collect();
-        }
         let expected = webhook(&config, &pod);
         let got = policy.admit(&pod).map_err(TestCaseError::fail)?;
         prop_assert_eq!(got, expected, "rules {:?}, pod {}", rules, pod);
     }
+}
+
+// ---- a second interpreter: cel-cpp, with RE2 ------------------------------------------------
+
+/// What the webhook does to `pod`: the secrets it adds, and the annotation it then writes.
+fn webhook_decision(config: &Config, pod: &Value) -> Value {
+    let review = common::review_of(pod.clone());
+    let decision = admission::review(config, &serde_json::to_vec(&review).expect("JSON"))
+        .expect("a valid review");
+    let injected = (!decision.added.is_empty())
+        .then(|| common::injected_annotation(&webhook(config, pod)))
+        .flatten();
+    json!({ "add": decision.added, "injected": injected })
+}
+
+/// The same tables and generated cases, evaluated by cel-cpp (Google's C++ CEL, whose
+/// `matches` is RE2, as cel-go's is) with every variable type-checked as the API server
+/// declares it: `tests/cel-cpp/evaluate_policy.py` must find the webhook's secrets and
+/// annotation for every Pod.
+#[test]
+#[cfg_attr(not(has_cel_cpp), ignore = "needs python3 with cel-expr-python (pip)")]
+fn cel_cpp_and_re2_decide_as_the_webhook() {
+    let mut configs = Vec::new();
+    let mut add = |config: &Config, pods: Vec<Value>| {
+        let [policy, _] = AdmissionPolicy::new(config).manifests("pullsecret-injector");
+        let pods: Vec<Value> = pods
+            .into_iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let mut case = webhook_decision(config, &pod);
+                case["name"] = json!(format!("config {} pod {i}: {pod}", configs.len()));
+                case["pod"] = pod;
+                case
+            })
+            .collect();
+        configs.push(json!({ "policy": policy, "pods": pods }));
+    };
+    for &(rule, image, _) in common::KEYRING_CASES.iter().chain(common::MATCH_TABLE) {
+        let pods = FIELDS.iter().map(|f| pod_with(f, image)).collect();
+        add(&config(&[(rule, "s0")]), pods);
+    }
+    let grammar: Vec<Value> = grammar_images()
+        .iter()
+        .flat_map(|image| FIELDS.map(|f| pod_with(f, image)))
+        .collect();
+    add(&config(&GRAMMAR_RULES), grammar);
+    let mut history = history_pods();
+    history.extend(recorded_pods());
+    add(&common::example_config(), history);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = generated();
+    let mut generated_pods = 0;
+    while generated_pods < 300 {
+        let (rules, pod) = strategy
+            .new_tree(&mut runner)
+            .expect("a generated case")
+            .current();
+        if let Some(config) = generated_config(&rules) {
+            add(&config, vec![pod]);
+            generated_pods += 1;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = dir.path().join("cases.json");
+    std::fs::write(&cases, json!({ "configs": configs }).to_string()).expect("write");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cel-cpp/evaluate_policy.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&cases)
+        .output()
+        .expect("python3");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cel-cpp disagrees with the webhook:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every case was evaluated: the tables (4 places each), the grammar, the history, 300
+    // generated.
+    let checked: usize = report
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(checked > 900, "{report}");
 }
