@@ -20,14 +20,19 @@ use pullsecret_injector::admission_policy::{AdmissionPolicy, MAX_PULL_SECRETS, M
 use pullsecret_injector::config::Config;
 use serde_json::{Value, json};
 
-fn config(rules: &[(&str, &str)]) -> Config {
+/// The config of `(match, secret)` rules, or why it refuses them.
+fn try_config(rules: &[(impl AsRef<str>, impl AsRef<str>)]) -> Result<Config, String> {
     let yaml = rules
         .iter()
-        .map(|(m, s)| format!("  - match: {m:?}\n    secret: {s}\n"))
+        .map(|(m, s)| format!("  - match: {:?}\n    secret: {}\n", m.as_ref(), s.as_ref()))
         .collect::<String>();
     Config::from_yaml(&format!("registries:\n{yaml}"))
-        .unwrap_or_else(|e| panic!("{rules:?}: {e}"))
-        .0
+        .map(|(config, _)| config)
+        .map_err(|e| format!("{yaml}: {e}"))
+}
+
+fn config(rules: &[(impl AsRef<str>, impl AsRef<str>)]) -> Config {
+    try_config(rules).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `Object.<path>{...}` and `JSONPatch{...}`: the API server makes JSON of them, so here
@@ -185,12 +190,17 @@ impl Policy {
 
 /// The Pod as the webhook leaves it.
 fn webhook(config: &Config, pod: &Value) -> Value {
+    webhook_answer(config, pod).1
+}
+
+/// The secrets the webhook adds to `pod`, and the Pod as its answer leaves it.
+fn webhook_answer(config: &Config, pod: &Value) -> (Vec<String>, Value) {
     let review = common::review_of(pod.clone());
     let decision = admission::review(config, &serde_json::to_vec(&review).expect("JSON"))
         .expect("a valid review");
     let answer: Value =
         serde_json::from_slice(&decision.to_review_bytes().expect("answer")).expect("JSON");
-    common::apply_response(&review, &answer)
+    (decision.added, common::apply_response(&review, &answer))
 }
 
 /// The two agree on `pod`; returns the patched Pod.
@@ -504,10 +514,6 @@ fn the_worst_case_cost_stays_under_the_limit() {
         let rules: Vec<(String, String)> = (0..n)
             .map(|i| (format!("r{i}.*.example.com/team{i}"), format!("s{}", i % 7)))
             .collect();
-        let rules: Vec<(&str, &str)> = rules
-            .iter()
-            .map(|(m, s)| (m.as_str(), s.as_str()))
-            .collect();
         let policy = AdmissionPolicy::new(&config(&rules));
         assert!(
             policy.worst_case_cost <= 900_000 || policy.max_images == 0,
@@ -528,10 +534,6 @@ fn the_worst_case_cost_stays_under_the_limit() {
         let rules: Vec<(String, String)> = (0..n)
             .map(|i| (format!("r{i}.example.com"), format!("s{i}")))
             .collect();
-        let rules: Vec<(&str, &str)> = rules
-            .iter()
-            .map(|(m, s)| (m.as_str(), s.as_str()))
-            .collect();
         let policy = AdmissionPolicy::new(&config(&rules));
         assert_eq!(policy.max_images == 0, cannot, "{n} secrets");
     }
@@ -539,101 +541,7 @@ fn the_worst_case_cost_stays_under_the_limit() {
 
 // ---- generated rules and images ------------------------------------------------------------
 
-fn host() -> impl Strategy<Value = String> {
-    prop_oneof![
-        Just("docker.io".to_owned()),
-        Just("index.docker.io".to_owned()),
-        Just("ghcr.io".to_owned()),
-        Just("localhost".to_owned()),
-        Just("Foo".to_owned()),
-        Just("us-docker.pkg.dev".to_owned()),
-        Just("a.b.pkg.dev".to_owned()),
-        Just("127.0.0.1".to_owned()),
-        Just("[::1]".to_owned()),
-        Just("[ABC]".to_owned()),
-        "[a-z]{1,3}\\.[a-z]{2,3}",
-        "[a-z]{1,6}",
-    ]
-}
-
-fn path() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop_oneof![
-            Just("library".to_owned()),
-            Just("acme".to_owned()),
-            Just("nginx".to_owned()),
-            "[a-z][a-z0-9]{0,3}",
-            "[a-z]{1,3}[._-][a-z]{1,3}",
-        ],
-        1..4,
-    )
-    .prop_map(|p| p.join("/"))
-}
-
-fn port() -> impl Strategy<Value = Option<String>> {
-    prop_oneof![
-        Just(None),
-        Just(Some("5000".to_owned())),
-        Just(Some("443".to_owned()))
-    ]
-}
-
-fn image() -> impl Strategy<Value = String> {
-    let well_formed = (
-        prop::option::of((host(), port())),
-        path(),
-        prop::option::of("[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,5}"),
-        prop::option::of(Just(
-            "@sha256:9d2d1e6c2a8d0b4c1e5b8f3a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d",
-        )),
-    )
-        .prop_map(|(domain, path, tag, digest)| {
-            let mut s = match domain {
-                Some((h, Some(p))) => format!("{h}:{p}/{path}"),
-                Some((h, None)) => format!("{h}/{path}"),
-                None => path,
-            };
-            if let Some(tag) = tag {
-                s = format!("{s}:{tag}");
-            }
-            if let Some(digest) = digest {
-                s.push_str(digest);
-            }
-            s
-        });
-    prop_oneof![
-        4 => well_formed,
-        // Strings the API server accepts and the grammar may not.
-        1 => "[a-zA-Z0-9./:@_\\[\\]-]{0,30}",
-    ]
-}
-
-fn rule() -> impl Strategy<Value = String> {
-    let glob_host = prop_oneof![
-        host(),
-        Just("*".to_owned()),
-        Just("*.io".to_owned()),
-        Just("*.pkg.dev".to_owned()),
-        Just("d?cker.*".to_owned()),
-        Just("[a-h]*.io".to_owned()),
-        Just("[^a-f]*.*".to_owned()),
-        Just("[!-/]*.io".to_owned()),
-        Just("127.0.0.*".to_owned()),
-        Just("*:*:*".to_owned()),
-    ];
-    (glob_host, port(), prop::option::of(path()), any::<bool>()).prop_map(
-        |(h, port, path, https)| {
-            let mut s = if https { format!("https://{h}") } else { h };
-            if let Some(p) = port {
-                s = format!("{s}:{p}");
-            }
-            if let Some(p) = path {
-                s = format!("{s}/{p}");
-            }
-            s
-        },
-    )
-}
+use common::generate::{image, rule};
 
 /// A generated config (each rule with one of three secrets) and Pod: containers, maybe an
 /// image volume, maybe pull secrets of its own.
@@ -669,13 +577,7 @@ fn generated() -> impl Strategy<Value = (Vec<(String, String)>, Value)> {
 
 /// The config of generated rules, unless it refuses one (a glob the grammar rejects).
 fn generated_config(rules: &[(String, String)]) -> Option<Config> {
-    let yaml: String = rules
-        .iter()
-        .map(|(m, s)| format!("  - match: {m:?}\n    secret: {s}\n"))
-        .collect();
-    Config::from_yaml(&format!("registries:\n{yaml}"))
-        .ok()
-        .map(|(config, _)| config)
+    try_config(rules).ok()
 }
 
 proptest! {
@@ -697,13 +599,11 @@ proptest! {
 
 /// What the webhook does to `pod`: the secrets it adds, and the annotation it then writes.
 fn webhook_decision(config: &Config, pod: &Value) -> Value {
-    let review = common::review_of(pod.clone());
-    let decision = admission::review(config, &serde_json::to_vec(&review).expect("JSON"))
-        .expect("a valid review");
-    let injected = (!decision.added.is_empty())
-        .then(|| common::injected_annotation(&webhook(config, pod)))
+    let (added, patched) = webhook_answer(config, pod);
+    let injected = (!added.is_empty())
+        .then(|| common::injected_annotation(&patched))
         .flatten();
-    json!({ "add": decision.added, "injected": injected })
+    json!({ "add": added, "injected": injected })
 }
 
 /// The same tables and generated cases, evaluated by cel-cpp (Google's C++ CEL, whose

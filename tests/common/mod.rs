@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub mod generate;
 pub mod references;
 
 use base64::Engine as _;
