@@ -771,12 +771,30 @@ fn render_values(helm: &Path, values: &Value, args: &[&str]) -> Result<Vec<Value
 /// `pullsecret-injector render admission-policy -o json` on the config the chart mounts: the
 /// policy and the binding.
 fn binary_policy(docs: &[Value]) -> Result<(Value, Value), String> {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
     let text = find(docs, "ConfigMap")["data"]["config.yaml"]
         .as_str()
         .unwrap();
-    std::fs::write(&config, text).unwrap();
+    render_admission_policy(text)
+}
+
+/// Whether the binary refuses `values`' rules as a policy, with the message the chart gives.
+fn binary_policy_refuses(values: &Value) -> bool {
+    let yaml: String = values["registries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("  - match: {}\n    secret: {}\n", r["match"], r["secret"]))
+        .collect();
+    render_admission_policy(&format!("registries:\n{yaml}"))
+        .is_err_and(|e| e.contains("more than a MutatingAdmissionPolicy can check"))
+}
+
+/// `pullsecret-injector render admission-policy -o json` on a config's text: the policy and
+/// the binding, or what the command says on failure.
+fn render_admission_policy(config_text: &str) -> Result<(Value, Value), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
         .args(["render", "admission-policy", "--config"])
         .arg(&config)
@@ -792,27 +810,6 @@ fn binary_policy(docs: &[Value]) -> Result<(Value, Value), String> {
     assert_eq!(list["items"][0]["kind"], "MutatingAdmissionPolicy");
     assert_eq!(list["items"][1]["kind"], "MutatingAdmissionPolicyBinding");
     Ok((list["items"][0].clone(), list["items"][1].clone()))
-}
-
-/// Whether the binary refuses `values`' rules as a policy, with the message the chart gives.
-fn binary_policy_refuses(values: &Value) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    let yaml: String = values["registries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| format!("  - match: {}\n    secret: {}\n", r["match"], r["secret"]))
-        .collect();
-    std::fs::write(&config, format!("registries:\n{yaml}")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"))
-        .args(["render", "admission-policy", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    !out.status.success()
-        && String::from_utf8_lossy(&out.stderr)
-            .contains("more than a MutatingAdmissionPolicy can check")
 }
 
 /// The expression of the policy variable `name`.
