@@ -51,6 +51,8 @@ const PER_IMAGE_OVERHEAD: u64 = 20;
 
 /// Any one host label of a valid image.
 const ANY_LABEL: &str = "[A-Za-z0-9-]*";
+/// Any IPv6 host of a valid image, brackets included.
+const ANY_IPV6: &str = r"\[[0-9A-Fa-f:]*\]";
 /// Docker Hub as an image may name it.
 const HUB_PREFIX: &str = r"(?:index\.)?docker\.io/";
 /// What may follow a repository path prefix: more path, a tag, a digest, or nothing.
@@ -164,9 +166,16 @@ fn rule_alternatives(rule: &Rule) -> Vec<String> {
             .map(|&(label, literal)| if literal { label } else { ANY_LABEL })
             .collect::<Vec<_>>()
             .join(r"\.");
-        // An IPv6 host: images write it in brackets.
-        if host.contains(':') {
-            host = format!(r"\[{host}\]");
+        // An IPv6 host is one label to the kubelet, written in brackets: a one-label rule may
+        // match it (`*`, `abc:5000` against `[abc]:5000/x`), one with a `:` only it.
+        if let [(label, literal)] = labels.as_slice() {
+            if host.contains(':') {
+                host = format!(r"\[{host}\]");
+            } else if !literal {
+                host = format!(r"(?:{ANY_LABEL}|{ANY_IPV6})");
+            } else if label.bytes().all(|b| b.is_ascii_hexdigit()) {
+                host = format!(r"(?:{host}|\[{host}\])");
+            }
         }
         let mut alt = host;
         if let Some(port) = rule.port() {

@@ -587,6 +587,8 @@ const CONDITION_RULE_SETS: &[&[&str]] = &[
         "prefix.*.io:1111/foo",
     ],
     &["[::1]:5000", "::1:5000", "127.0.0.1:5000/dev", "127.0.0.*"],
+    // One-label rules, which may also match an IPv6 host (`[abc]:5000/x`).
+    &["*", "abc:5000", "cafe", "*:443", "zz"],
     &[
         "  Example.COM/x  ",
         "registry-1.docker.io",

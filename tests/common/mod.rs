@@ -130,6 +130,12 @@ pub const MATCH_TABLE: &[(&str, &str, bool)] = &[
     ("127.0.0.1:5000", "127.0.0.1:5000/x", true),
     ("127.0.0.*:5000", "127.0.0.1:5000/x", true),
     ("127.0.0.1", "127.0.0.1:5000/x", false),
+    // A one-label rule and an IPv6 host, one label to the kubelet.
+    ("*", "[::1]/library", true),
+    ("*:5000", "[::1]:5000/x", true),
+    ("abc:5000", "[abc]:5000/x", true),
+    ("abc:5000", "abc:5000/x", true),
+    ("abc:5000", "[abd]:5000/x", false),
     // Spellings the kubelet accepts in a docker config key.
     ("https://ghcr.io/acme/", "ghcr.io/acme/x", true),
     ("ghcr.io/v2/acme", "ghcr.io/acme/x", true),

@@ -207,7 +207,12 @@ the same), and tests/chart.rs holds the two together: change both or neither.
 {{- $ruleAlts := list -}}
 {{- if not $dockerHub -}}
 {{- $alt := join "\\." $hostRe -}}
-{{- if contains ":" $alt }}{{ $alt = printf "\\[%s\\]" $alt }}{{ end -}}
+{{- /* An IPv6 host is one label, in brackets: a one-label rule may match it. */ -}}
+{{- if eq (len $labels) 1 -}}
+{{- if contains ":" $alt }}{{ $alt = printf "\\[%s\\]" $alt -}}
+{{- else if $globbed }}{{ $alt = "(?:[A-Za-z0-9-]*|\\[[0-9A-Fa-f:]*\\])" -}}
+{{- else if regexMatch "^[0-9A-Fa-f]+$" $alt }}{{ $alt = printf "(?:%s|\\[%s\\])" $alt $alt }}{{ end -}}
+{{- end -}}
 {{- if $portPart }}{{ $alt = printf "%s:%s" $alt $port }}{{ end -}}
 {{- $alt = printf "%s/" $alt -}}
 {{- if $path }}{{ $alt = printf "%s%s(?:[/:@]|$)" $alt $path }}{{ end -}}
